@@ -1,0 +1,50 @@
+"""The denoiser and its noise schedule: a pixel-space diffusers UNet2DConditionModel and a DDPMScheduler."""
+
+from __future__ import annotations
+
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+from t2ilab.config import ModelConfig, NoiseConfig
+
+
+def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int) -> UNet2DConditionModel:
+    """A small text-conditioned UNet on RGB pixels; attention levels get cross-attention to the caption."""
+    levels = len(model_cfg.block_out_channels)
+    if resolution % (2 ** (levels - 1)):
+        raise ValueError(
+            f"data.resolution={resolution} must be divisible by 2^(levels-1)={2 ** (levels - 1)} "
+            f"for {levels} UNet levels (model.block_out_channels)"
+        )
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in model_cfg.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(model_cfg.attention_levels))
+    return UNet2DConditionModel(
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(model_cfg.block_out_channels),
+        layers_per_block=model_cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=model_cfg.attention_head_dim,
+        norm_num_groups=model_cfg.norm_num_groups,
+    )
+
+
+def build_noise_scheduler(noise_cfg: NoiseConfig) -> DDPMScheduler:
+    """The training-time forward process; samplers are built from its config so betas always match."""
+    return DDPMScheduler(
+        num_train_timesteps=noise_cfg.num_train_timesteps,
+        beta_schedule=noise_cfg.beta_schedule,
+        beta_start=noise_cfg.beta_start,
+        beta_end=noise_cfg.beta_end,
+        prediction_type=noise_cfg.prediction_type,
+        rescale_betas_zero_snr=noise_cfg.rescale_betas_zero_snr,
+        clip_sample=False,
+        timestep_spacing="trailing" if noise_cfg.rescale_betas_zero_snr else "leading",
+    )
+
+
+def count_parameters(module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# ./run_inference.sh --checkpoint ./outputs/checkpoint-epoch-118 --prompt "a red circle" [--num_inference_steps 100]
+set -euo pipefail
+cd "$(dirname "$0")"
+[ -x .venv/bin/python ] || make install >&2
+exec .venv/bin/python -m t2ilab sample "$@"
