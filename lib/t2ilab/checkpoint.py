@@ -15,7 +15,10 @@ leaves a folder that `latest` would pick but cannot load.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -86,3 +89,172 @@ def resolve_checkpoint(path: str | Path, output_dir: str | Path | None = None) -
         return ckpts[-1][0]
     read_manifest(text)
     return Path(text)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _estimate_bytes(modules: list) -> int:
+    """Weights plus two AdamW moments for the trainable ones, in fp32."""
+    total = 0
+    for m in modules:
+        if m is None:
+            continue
+        n = sum(p.numel() for p in m.parameters())
+        trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        total += 4 * (n + 2 * trainable)
+    return total
+
+
+def check_free_space(output_dir: Path, needed_bytes: int, min_free_mb: int) -> None:
+    """Refuse to start a checkpoint that cannot fit, before anything is written."""
+    free = shutil.disk_usage(output_dir).free
+    needed = needed_bytes + min_free_mb * 2**20
+    if free < needed:
+        raise CheckpointError(
+            f"not enough disk space in {output_dir} for a checkpoint: {free / 2**20:.0f} MiB free, "
+            f"need about {needed / 2**20:.0f} MiB (checkpoint + training.min_free_disk_mb). Free space or lower "
+            f"training.checkpoints_total_limit; earlier checkpoints are intact."
+        )
+
+
+def write_checkpoint(output_dir: str | Path, name: str, write_parts, manifest: dict, modules: list, min_free_mb: int = 0) -> Path:
+    """Write a checkpoint crash-safely: `write_parts(tmp_dir)` fills a temp folder, then it is renamed into place.
+
+    The manifest (complete=true) is written last inside the temp folder; on any error the temp folder is
+    removed and the previous checkpoints are untouched.
+    """
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    check_free_space(root, _estimate_bytes(modules), min_free_mb)
+    final = root / name
+    tmp = root / f".tmp-{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        write_parts(tmp)
+        pause = float(os.environ.get("T2ILAB_FAULT_SLOW_CHECKPOINT", "0") or 0)
+        if pause:  # fault-injection hook for the crash tests: widen the window before the manifest lands
+            time.sleep(pause)
+        full_manifest = {"format": FORMAT_VERSION, **manifest, "complete": True, "written_at": time.time()}
+        _write_json_durably(tmp / MANIFEST, full_manifest)
+        if final.exists():
+            old = root / f".old-{name}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"could not write checkpoint {final}: {exc}. Earlier checkpoints are intact; free disk space "
+                f"and resume with --resume latest."
+            ) from exc
+        raise
+    return final
+
+
+def _write_json_durably(path: Path, obj: dict) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def remove_stale_temporaries(output_dir: str | Path) -> list[str]:
+    """Delete `.tmp-*` / `.old-*` folders left by a crash mid-write; returns their names."""
+    root = Path(output_dir)
+    removed = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.is_dir() and (child.name.startswith(".tmp-checkpoint") or child.name.startswith(".old-checkpoint")):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+    return removed
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep_epochs: set[int], keep: Path | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `limit`, never milestone epochs or `keep`; after a save only."""
+    if not limit:
+        return []
+    ckpts = list_checkpoints(output_dir)
+    removable = [
+        p for p, m in ckpts
+        if not (m.get("end_of_epoch") and m.get("epoch") in keep_epochs) and (keep is None or p.resolve() != keep.resolve())
+    ]
+    excess = len(ckpts) - limit
+    deleted = []
+    for p in removable[: max(0, excess)]:
+        shutil.rmtree(p, ignore_errors=True)
+        deleted.append(p)
+    return deleted
+
+
+# ---------------------------------------------------------------- parts
+
+
+def quiet_hub_progress() -> None:
+    """Silence the per-file "Writing model shards"/"Loading weights" bars of save/from_pretrained."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def save_model_parts(folder: Path, unet, ema, text_encoder, tokenizer, noise_scheduler, vocabulary: list[str], cfg) -> None:
+    """Model parts in save_pretrained layouts (safetensors), so sampling needs no training code."""
+    from t2ilab.config import save_config
+
+    quiet_hub_progress()
+    unet.save_pretrained(folder / "unet")
+    if ema is not None:
+        ema.save_pretrained(folder / "unet_ema")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    noise_scheduler.save_pretrained(folder / "scheduler")
+    (folder / "vocabulary.json").write_text(json.dumps(vocabulary), encoding="utf-8")
+    save_config(cfg, folder / "config.yaml")
+
+
+def save_training_state(folder: Path, optimizer_state: dict, lr_scheduler_state: dict, rng_state: dict, state: dict) -> None:
+    """Optimizer, LR schedule and RNG states hold only tensors and numbers, so they load with weights_only=True."""
+    import torch
+
+    ts = folder / "training_state"
+    ts.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer_state, ts / "optimizer.pt")
+    torch.save(lr_scheduler_state, ts / "lr_scheduler.pt")
+    torch.save(rng_state, ts / "rng.pt")
+    (ts / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def load_training_state(folder: str | Path) -> tuple[dict, dict, dict, dict]:
+    """(optimizer, lr_scheduler, rng, state); refuses pickled objects (weights_only=True)."""
+    import pickle
+
+    import torch
+
+    ts = Path(folder) / "training_state"
+    out = []
+    for name in ("optimizer.pt", "lr_scheduler.pt", "rng.pt"):
+        path = ts / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder} has no training_state/{name}; it can be sampled from but not resumed")
+        try:
+            out.append(torch.load(path, map_location="cpu", weights_only=True))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            raise CheckpointError(
+                f"refusing to load {path}: it is not a plain tensor file ({str(exc).splitlines()[0]}). "
+                f"t2ilab never unpickles arbitrary objects."
+            ) from None
+    try:
+        state = json.loads((ts / "state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: training_state/state.json unreadable ({exc})") from None
+    return out[0], out[1], out[2], state
