@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny configs on CPU whose rendered data set is cached once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from t2ilab.config import Config, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY = REPO_ROOT / "configs" / "tiny.yaml"
+
+os.environ.setdefault("T2ILAB_HEADLESS", "1")  # plain log lines, no progress bars, in test output
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data_cache")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, data_cache):
+    """A factory: tiny_config("training.num_epochs=6", output="run2") -> Config in tmp_path."""
+
+    def make(*overrides: str, output: str = "run") -> Config:
+        base = [f"output_dir={tmp_path / output}", f"data.cache_dir={data_cache}"]
+        return load_config(TINY, base + list(overrides))
+
+    return make
