@@ -124,7 +124,6 @@ class TrainingConfig(_Section):
     log_every_n_steps: int = Field(10, ge=1)  # one line in train.log per interval
     val_batches: int = Field(4, ge=1)  # validation batches per epoch (fixed noise and stratified timesteps)
     loss_bins: int = Field(10, ge=1, le=100)  # timestep bins for per-bin loss
-    nan_policy: Literal["stop", "rollback"] = "stop"  # rollback: reload the last checkpoint with half the LR
     tensorboard: bool = False  # also log through accelerate's TensorBoard tracker
     min_free_disk_mb: int = Field(200, ge=0)  # refuse to write a checkpoint with less free space
 
