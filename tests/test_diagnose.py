@@ -1,0 +1,231 @@
+"""Loss diagnosis on synthetic metrics.jsonl logs: each verdict, deduplication of resumed runs, ETA, plots, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from t2ilab.diagnose import MetricsError, diagnose, diagnose_run, eta, format_duration, main, read_metrics
+
+LOGS_PER_EPOCH = 5
+STEPS_PER_EPOCH = 50
+
+
+def records(val_loss, train_loss=None, *, first_epoch=1, seed=0, ema=True, epoch_seconds=10.0, num_epochs=200,
+            lr=1e-4, noise=0.02, spikes=(), nan_epochs=()):
+    """metrics.jsonl records for epochs first_epoch.. with the given per-epoch losses (noisy per log interval)."""
+    rng = np.random.default_rng(seed)
+    train_loss = val_loss if train_loss is None else train_loss
+    out = []
+    for i, (v, t) in enumerate(zip(val_loss, train_loss)):
+        epoch = first_epoch + i
+        for j in range(LOGS_PER_EPOCH):
+            step = (epoch - 1) * STEPS_PER_EPOCH + (j + 1) * STEPS_PER_EPOCH // LOGS_PER_EPOCH
+            loss = t * (1 + noise * rng.standard_normal())
+            loss = loss * 4 if (epoch, j) in spikes else loss
+            loss = math.nan if epoch in nan_epochs else loss
+            bins = [loss * (2 - k / 10) for k in range(10)]
+            out.append({"type": "train", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "grad_norm": 0.8,
+                        "samples_per_s": 400.0, "time": 1e9 + epoch * epoch_seconds, "loss_bins": bins})
+        out.append({"type": "val", "epoch": epoch, "step": epoch * STEPS_PER_EPOCH, "val_loss": v,
+                    "val_loss_ema": v * 0.98 if ema else None, "val_loss_bins": [v * (2 - k / 10) for k in range(10)],
+                    "val_loss_ema_bins": None, "train_loss": t, "epoch_seconds": epoch_seconds,
+                    "samples_per_s": 400.0, "num_epochs": num_epochs, "lr": lr, "time": 1e9 + epoch * epoch_seconds})
+    return out
+
+
+def write(tmp_path, recs, tail: str = ""):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + tail)
+    return tmp_path
+
+
+def decaying(n, seed=0, sigma=5e-4):
+    epochs = np.arange(1, n + 1)
+    return 0.05 + 0.1 * np.exp(-epochs / 30) + sigma * np.random.default_rng(seed).standard_normal(n)
+
+
+def flat(n, seed=0, sigma=5e-4, level=0.05):
+    return level + sigma * np.random.default_rng(seed).standard_normal(n)
+
+
+def run(tmp_path, recs, **kwargs):
+    train, val = read_metrics(write(tmp_path, recs))
+    return diagnose(train, val, **kwargs)
+
+
+def test_still_improving_recommends_continuing_to_num_epochs_with_eta(tmp_path):
+    d = run(tmp_path, records(decaying(40)))
+    assert d.verdict == "still_improving", d.summary
+    assert d.evidence["val_ci_high"] < 0 and d.evidence["val_series"] == "val_loss_ema"
+    assert "continue training to 200 epochs" in d.recommendation and "160 epochs left" in d.recommendation
+
+
+def test_noise_free_decay_is_still_improving(tmp_path):
+    # Residuals of a line through a smooth curve are autocorrelated; the CI correction must not erase the trend.
+    d = run(tmp_path, records(decaying(40, sigma=0.0), noise=0.0))
+    assert d.verdict == "still_improving" and d.evidence["val_rho"] > 0
+
+
+def test_still_improving_past_num_epochs_recommends_going_further(tmp_path):
+    d = run(tmp_path, records(decaying(40), num_epochs=40))
+    assert d.verdict == "still_improving" and "continue training to 60 epochs" in d.recommendation
+
+
+def test_plateau_recommends_half_the_learning_rate(tmp_path):
+    d = run(tmp_path, records(flat(40)))
+    assert d.verdict == "plateau", d.summary
+    assert d.evidence["val_ci_low"] < 0 < d.evidence["val_ci_high"]
+    assert "lower learning rate, e.g. 5e-5 (half of 1e-4)" in d.recommendation
+
+
+def test_plateau_at_decayed_learning_rate_recommends_data(tmp_path):
+    recs = records(flat(40))
+    for r in recs[:50]:
+        r["lr"] = 2e-3  # the peak; the schedule has since decayed to 1e-4
+    d = run(tmp_path, recs)
+    assert d.verdict == "plateau" and "add data" in d.recommendation
+
+
+def test_nan_loss_is_unstable(tmp_path):
+    d = run(tmp_path, records(decaying(40), nan_epochs=(30,)))
+    assert d.verdict == "unstable" and d.evidence["nan_seen"] and d.evidence["first_nan_epoch"] == 30
+    assert "before epoch 30" in d.recommendation and "lower learning rate" in d.recommendation
+
+
+def test_spikes_are_unstable_but_a_single_one_is_not(tmp_path):
+    spikes = ((33, 1), (35, 3), (38, 2), (39, 4))
+    d = run(tmp_path, records(flat(40), spikes=spikes))
+    assert d.verdict == "unstable" and d.evidence["spikes"] == 4
+    assert "lower learning rate" in d.recommendation and "spikes" in d.recommendation
+    assert run(tmp_path, records(flat(40), spikes=spikes[:1])).verdict == "plateau"
+
+
+def test_training_and_validation_rising_is_unstable(tmp_path):
+    rising = 0.05 * 1.03 ** np.arange(40)
+    d = run(tmp_path, records(rising))
+    assert d.verdict == "unstable" and "both rising" in d.recommendation
+
+
+def test_validation_rising_while_training_falls_is_overfitting(tmp_path):
+    epochs = np.arange(1, 41)
+    val = 0.05 + 0.0004 * np.maximum(epochs - 15, 0) + flat(40, sigma=2e-4, level=0)
+    d = run(tmp_path, records(val, train_loss=decaying(40, seed=1)))
+    assert d.verdict == "overfitting", d.summary
+    assert d.evidence["val_ci_low"] > 0 and d.evidence["train_ci_high"] < 0
+    assert d.evidence["best_epoch"] <= 16 and f"epoch {d.evidence['best_epoch']}," in d.recommendation
+    assert "add data or regularise" in d.recommendation
+
+
+def test_few_epochs_are_too_early(tmp_path):
+    d = run(tmp_path, records(decaying(3)))
+    assert d.verdict == "too_early" and "continue training" in d.recommendation
+
+
+def test_ci_narrows_with_more_epochs_and_less_noise(tmp_path):
+    def width(n, sigma, last_k):
+        ev = run(tmp_path, records(flat(n, sigma=sigma)), last_k=last_k).evidence
+        return ev["val_ci_high"] - ev["val_ci_low"]
+
+    assert width(40, 5e-4, 40) < width(40, 5e-4, 10)
+    assert width(40, 1e-4, 10) < width(40, 5e-4, 10)
+
+
+def test_val_loss_used_when_ema_disabled(tmp_path):
+    d = run(tmp_path, records(decaying(40), ema=False))
+    assert d.evidence["val_series"] == "val_loss" and d.verdict == "still_improving"
+
+
+def test_sampler_gap_recommends_sampler_sweep(tmp_path):
+    quality = {"overall": 0.4, "ceiling": 0.99, "best_sampler_overall": 0.8}
+    d = run(tmp_path, records(flat(40)), quality=quality)
+    assert d.verdict == "plateau" and "sampler settings are the problem" in d.recommendation
+    no_gap = run(tmp_path, records(flat(40)), quality=quality | {"best_sampler_overall": 0.42})
+    assert "lower learning rate" in no_gap.recommendation
+    good = run(tmp_path, records(flat(40)), quality={"overall": 0.93, "ceiling": 0.99, "best_sampler_overall": 0.95})
+    assert good.recommendation.startswith("stop here")
+
+
+def test_resumed_log_keeps_the_last_attempt(tmp_path):
+    first = records(flat(30, level=0.07))  # crashed after epoch 30; resumed from the epoch-20 checkpoint
+    second = records(flat(5, level=0.05), first_epoch=21)  # ... and has reached epoch 25 so far
+    train, val = read_metrics(write(tmp_path, first + second))
+    assert val["epoch"].tolist() == list(range(1, 26))  # epochs 26-30 of the first attempt are superseded
+    assert val.set_index("epoch").loc[21:, "val_loss"].max() < 0.06 < val.set_index("epoch").loc[:20, "val_loss"].min()
+    assert train["step"].is_unique and train["step"].is_monotonic_increasing
+    assert train.attrs["resumes"] == 1
+
+
+def test_duplicated_epochs_last_wins(tmp_path):
+    recs = records(flat(10))
+    again = records(flat(1, level=0.5), first_epoch=10)
+    train, val = read_metrics(write(tmp_path, recs + again))
+    assert len(val) == 10 and val["val_loss"].iloc[-1] == pytest.approx(again[-1]["val_loss"])
+    assert len(train) == 10 * LOGS_PER_EPOCH
+
+
+def test_truncated_last_line_and_nan_tokens_are_handled(tmp_path):
+    recs = records(decaying(6), nan_epochs=(6,))
+    train, val = read_metrics(write(tmp_path, recs, tail='{"type": "val", "epoch": 7, "val_lo'))
+    assert train.attrs["skipped_lines"] == 1 and len(val) == 6
+    assert train["loss"].isna().sum() == LOGS_PER_EPOCH  # the NaN token parsed as a float NaN
+
+
+def test_missing_or_empty_log_names_the_path(tmp_path):
+    with pytest.raises(MetricsError, match=str(tmp_path)):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(MetricsError, match="no train or val records"):
+        read_metrics(tmp_path)
+
+
+def test_eta_from_measured_epoch_time(tmp_path):
+    train, val = read_metrics(write(tmp_path, records(flat(118), epoch_seconds=10.0)))
+    t = eta(train, val)
+    assert (t["epochs_done"], t["target_epochs"], t["epochs_left"]) == (118, 200, 82)
+    assert t["seconds_per_epoch"] == 10.0 and t["seconds_left"] == 820.0
+    assert t["text"] == "82 epochs left ≈ 13 min 40 s at 10 s/epoch (measured over the last 10 epochs)"
+    assert eta(train, val, target_epochs=118)["epochs_left"] == 0
+    assert format_duration(82 * 61) == "1 h 23 min"
+
+
+def test_eta_falls_back_to_wall_clock(tmp_path):
+    recs = records(flat(20), epoch_seconds=30.0)
+    for r in recs:
+        r.pop("epoch_seconds", None)
+    train, val = read_metrics(write(tmp_path, recs))
+    t = eta(train, val)
+    assert t["seconds_per_epoch"] == 30.0 and t["source"] == "wall_clock"
+
+
+def test_plot_training_returns_figure_and_saves_png(tmp_path):
+    train, val = read_metrics(write(tmp_path, records(decaying(20), nan_epochs=(5,))))
+    fig = plot_training_(train, val, tmp_path / "loss.png")
+    assert isinstance(fig, Figure) and len(fig.axes) >= 6
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def plot_training_(train, val, path):
+    from t2ilab.diagnose import plot_training
+
+    return plot_training(train, val, path)
+
+
+def test_diagnose_run_is_json_safe(tmp_path):
+    out = diagnose_run(write(tmp_path, records(decaying(20), nan_epochs=(3,))))
+    json.dumps(out, allow_nan=False)
+    assert out["verdict"] == "unstable" and out["log"]["val_points"] == 20 and out["eta"]["epochs_left"] == 180
+
+
+def test_main_prints_verdict_and_plots(tmp_path, capsys):
+    write(tmp_path, records(decaying(40)))
+    assert main([str(tmp_path), "--plot", str(tmp_path / "p.png")]) == 0
+    assert "verdict: still_improving" in capsys.readouterr().out and (tmp_path / "p.png").exists()
+
+
+def test_main_on_missing_dir_returns_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
