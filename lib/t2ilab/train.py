@@ -111,6 +111,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision(cfg),
+            cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu`/torchrun use gloo on CPUs
             log_with="tensorboard" if t.tensorboard else None,
             project_dir=str(self.out),
         )
@@ -330,7 +331,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging and validation
     def _log_interval(self, seconds: float) -> None:
-        a = {k: self.accelerator.reduce(v.clone(), reduction="mean") if k in ("mse_bins", "count_bins") else v for k, v in self.accum.items()}
+        # Each process saw its slice of the global batch: average over processes for the global numbers.
+        a = {k: self.accelerator.reduce(v.clone(), reduction="mean") for k, v in self.accum.items()}
         steps = max(1.0, a["steps"].item())
         loss, gnorm = a["loss"].item() / steps, a["grad_norm"].item() / steps
         if not math.isfinite(loss):
@@ -394,7 +396,8 @@ class Trainer:
             val_ema, val_ema_bins = self.validation_loss(unet)
             self.ema.restore(unet.parameters())
         a = self.accum
-        train_loss = a["epoch_loss"].item() / max(1.0, a["epoch_steps"].item())
+        epoch_loss = self.accelerator.reduce(a["epoch_loss"].clone(), reduction="mean")
+        train_loss = epoch_loss.item() / max(1.0, a["epoch_steps"].item())
         if not math.isfinite(train_loss):
             self._diverged(train_loss)
         rec = {"type": "val", "epoch": self.epoch, "step": self.global_step, "train_loss": train_loss, "val_loss": val,
@@ -412,11 +415,11 @@ class Trainer:
         """Write a checkpoint (main process) and rotate old ones; every process waits for it."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        path = None
+        name = checkpoint_name(self.epoch) if end_of_epoch else checkpoint_name(self.epoch, self.global_step)
+        path = self.out / name
         if self.is_main:
             unet = acc.unwrap_model(self.unet)
             text_encoder = acc.unwrap_model(self.text_encoder)
-            name = checkpoint_name(self.epoch) if end_of_epoch else checkpoint_name(self.epoch, self.global_step)
             state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                      "lr_segment": self.segment, "world_size": self.world, "data_fingerprint": self.ds.fingerprint,
                      "ema_optimization_step": self.ema.optimization_step if self.ema else None}
@@ -429,12 +432,12 @@ class Trainer:
             manifest = {"epoch": self.epoch, "global_step": self.global_step, "end_of_epoch": end_of_epoch,
                         "config_hash": self.cfg.hash(), "model_hash": self.cfg.hash(("model", "noise")),
                         "data_fingerprint": self.ds.fingerprint, "versions": _versions(), "metrics": metrics or {}}
-            path = write_checkpoint(self.out, name, write_parts, manifest, [unet, text_encoder, self.ema and unet],
-                                    self.cfg.training.min_free_disk_mb)
-            self.last_checkpoint = path
+            write_checkpoint(self.out, name, write_parts, manifest, [unet, text_encoder, self.ema and unet],
+                             self.cfg.training.min_free_disk_mb)
             deleted = rotate_checkpoints(self.out, self.cfg.training.checkpoints_total_limit, self.cfg.milestone_epochs(), keep=path)
             self.log.info(f"saved {path}" + (f"; removed {', '.join(p.name for p in deleted)}" if deleted else ""))
         acc.wait_for_everyone()
+        self.last_checkpoint = path
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -549,5 +552,6 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # data errors (DataError) and similar input problems
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{result.stopped}: epoch {result.epoch}, step {result.global_step}; last checkpoint: {result.last_checkpoint}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{result.stopped}: epoch {result.epoch}, step {result.global_step}; last checkpoint: {result.last_checkpoint}")
     return 130 if result.stopped == "signal" else 0
