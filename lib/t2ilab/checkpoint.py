@@ -179,17 +179,17 @@ def remove_stale_temporaries(output_dir: str | Path) -> list[str]:
 
 
 def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep_epochs: set[int], keep: Path | None = None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `limit`, never milestone epochs or `keep`; after a save only."""
+    """Keep `limit` rolling checkpoints (the newest, `keep` included) besides milestones, which are never deleted.
+
+    Called only after a save succeeded, so a failed save never costs an older checkpoint.
+    """
     if not limit:
         return []
-    ckpts = list_checkpoints(output_dir)
-    removable = [
-        p for p, m in ckpts
-        if not (m.get("end_of_epoch") and m.get("epoch") in keep_epochs) and (keep is None or p.resolve() != keep.resolve())
-    ]
-    excess = len(ckpts) - limit
+    rolling = [p for p, m in list_checkpoints(output_dir) if not (m.get("end_of_epoch") and m.get("epoch") in keep_epochs)]
     deleted = []
-    for p in removable[: max(0, excess)]:
+    for p in rolling[: max(0, len(rolling) - limit)]:  # oldest first
+        if keep is not None and p.resolve() == keep.resolve():
+            continue
         shutil.rmtree(p, ignore_errors=True)
         deleted.append(p)
     return deleted

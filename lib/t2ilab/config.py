@@ -120,7 +120,7 @@ class TrainingConfig(_Section):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     seed: int = Field(0, ge=0)  # noise, timesteps, caption dropout and data order derive from this
     checkpoint_every_n_epochs: int = Field(10, ge=1)  # plus one at the end of training
-    checkpoints_total_limit: int | None = Field(None, ge=1)  # keep at most this many; milestones are never deleted
+    checkpoints_total_limit: int | None = Field(None, ge=1)  # rolling checkpoints kept besides milestones (never deleted)
     log_every_n_steps: int = Field(10, ge=1)  # one line in train.log per interval
     val_batches: int = Field(4, ge=1)  # validation batches per epoch (fixed noise and stratified timesteps)
     loss_bins: int = Field(10, ge=1, le=100)  # timestep bins for per-bin loss
