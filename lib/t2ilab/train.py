@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -192,6 +193,7 @@ class Trainer:
                 for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
                     group["lr"] = lr
             self.epoch, self.step_in_epoch, self.global_step = self.plan.epoch, self.plan.step_in_epoch, self.plan.global_step
+            # Running log sums continue exactly unless the plan changed the run (then they restart empty).
             self.accum = {k: v.clone() for k, v in rng["accumulators"].items()} if not self.plan.warnings else None
             torch.set_rng_state(rng["torch"])
         else:
@@ -445,7 +447,7 @@ class Trainer:
         t = self.cfg.training
         stop = {"signal": None}
         previous = {}
-        if self.is_main and sys.modules["threading"].current_thread() is sys.modules["threading"].main_thread():
+        if self.is_main and threading.current_thread() is threading.main_thread():
             def _request_stop(signum, frame):  # finish the step, save a mid-epoch checkpoint, exit
                 stop["signal"] = signum
             for sig in (signal.SIGTERM, signal.SIGINT):
