@@ -37,7 +37,8 @@ def unknown_words(prompt: str, vocabulary: list[str] | set[str]) -> list[str]:
     known = set(vocabulary)
     seen: list[str] = []
     for w in caption_words(prompt):
-        if w not in known and w not in seen:
+        # Punctuation becomes [UNK] too, but listing "," as an unknown word would only be noise.
+        if w.isalnum() and w not in known and w not in seen:
             seen.append(w)
     return seen
 
