@@ -18,6 +18,9 @@ from t2ilab.diagnose import diagnose_run, format_duration
 
 # The old run stopped at 118 of 200 epochs: 59 %.
 STOP_FRACTION = 118 / 200
+# Sized for 2 CPU cores: no sampler sweep and a small KID/FD sample per milestone (bench/sampling.py and
+# `t2ilab report --set quality_review.sweep_schedulers=[...]` run the full sweep).
+DEMO_REPORT_PARAMS = {"quality_review": {"sweep_schedulers": [], "quick": True}}
 
 
 def _say(text: str) -> None:
@@ -49,9 +52,10 @@ def run_demo(config_path: str, overrides: list[str], reports: bool = True, fresh
     if resumed_from >= stop_epoch:
         print(f"already trained to epoch {resumed_from}; skipping")
     else:
-        train(cfg, resume="latest" if done else None, stop_at_epoch=stop_epoch)
+        if train(cfg, resume="latest" if done else None, stop_at_epoch=stop_epoch).stopped == "signal":
+            raise KeyboardInterrupt
     if reports:
-        run_reports(out, milestones="all")
+        run_reports(out, milestones="all", params=DEMO_REPORT_PARAMS)
 
     _say("3/5 loss diagnosis: keep training? lower the learning rate? more epochs?")
     diagnosis = diagnose_run(out, target_epochs=cfg.training.num_epochs)
@@ -72,12 +76,13 @@ def run_demo(config_path: str, overrides: list[str], reports: bool = True, fresh
     if latest["epoch"] >= resume_cfg.training.num_epochs:
         print(f"already at epoch {latest['epoch']}; skipping")
     else:
-        train(resume_cfg, resume="latest")
+        if train(resume_cfg, resume="latest").stopped == "signal":
+            raise KeyboardInterrupt
 
     index = None
     if reports:
         _say("5/5 reports for the remaining milestones and the index")
-        results = run_reports(out, milestones="all")
+        results = run_reports(out, milestones="all", params=DEMO_REPORT_PARAMS)
         index = Path(results[0].index_html) if results and getattr(results[0], "index_html", None) else None
     seconds = time.perf_counter() - started
     _say(f"done in {format_duration(seconds)}")
@@ -97,4 +102,7 @@ def main(argv: list[str]) -> int:
     except (ConfigError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped; `make demo` again continues from the last checkpoint", file=sys.stderr)
+        return 130
     return 0

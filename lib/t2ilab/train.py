@@ -455,10 +455,13 @@ class Trainer:
         stopped = "finished"
         try:
             milestones = self.cfg.milestone_epochs()
+            interval_start = None
             last_epoch = min(t.num_epochs, stop_at_epoch or t.num_epochs)
             while self.epoch < last_epoch:
                 order = epoch_order(self.train_idx, t.seed, self.epoch)
-                epoch_start = interval_start = time.perf_counter()
+                epoch_start = time.perf_counter()
+                if interval_start is None:
+                    interval_start = epoch_start
                 while self.step_in_epoch < self.steps_per_epoch:
                     self.train_step(order, self.step_in_epoch)
                     self.step_in_epoch += 1
@@ -474,12 +477,14 @@ class Trainer:
                     return self._result(stopped)
                 self.epoch += 1
                 self.step_in_epoch = 0
-                rec = self._end_of_epoch(time.perf_counter() - epoch_start)
+                paused = time.perf_counter()
+                rec = self._end_of_epoch(paused - epoch_start)
                 is_milestone = self.epoch in milestones
                 if self.epoch % t.checkpoint_every_n_epochs == 0 or self.epoch == t.num_epochs or is_milestone or self.epoch == last_epoch:
                     path = self.save(end_of_epoch=True, metrics={k: rec[k] for k in ("train_loss", "val_loss", "val_loss_ema")})
                     if is_milestone and self.is_main and self.on_milestone is not None:
                         self.on_milestone(path, self.epoch)
+                interval_start += time.perf_counter() - paused  # samples/s counts training time only
                 if max_steps is not None and self.global_step >= max_steps:
                     return self._result("max_steps")
             stopped = "stop_at_epoch" if self.epoch < t.num_epochs else "finished"
