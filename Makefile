@@ -28,7 +28,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(PY) -m t2ilab bench
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .t2ilab_cache outputs

@@ -235,3 +235,41 @@ def test_large_images_are_shrunk_to_the_report_budget():
         data = cell.outputs[0]["data"]
         image = Image.open(io.BytesIO(base64.b64decode(data.get("image/png") or data["image/jpeg"])))
         assert image.width >= 300, "shrunk, not destroyed"
+
+
+def test_sigkill_during_report_generation_redoes_only_the_broken_report(run, params, reports_copy):
+    """Kill the runner while epoch 4's quality review executes: rerunning redoes just that report."""
+    import os
+    import signal
+    import sys
+    import time
+
+    epoch4 = reports_copy / "tinyrun" / "epoch-0004"
+    (epoch4 / "quality_review.metrics.json").unlink()  # epoch 4's review must be (re)generated
+    before = {str(p.relative_to(reports_copy)): p.stat().st_mtime_ns for p in reports_copy.rglob("*.metrics.json")}
+    cmd = [sys.executable, "-m", "t2ilab", "report", "--run", str(run), "--reports-dir", str(reports_copy)]
+    for key, value in params["quality_review"].items():  # the module's parameters, so other reports stay up to date
+        cmd += ["--set", f"quality_review.{key}={json.dumps(value)}"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    output = ""
+    while "epoch     4  loss_diagnosis" not in output:  # the runner has moved on to epoch 4's quality review
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, output
+        output += line
+        assert time.time() < deadline, output
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (epoch4 / "quality_review.metrics.json").exists(), "a killed report must not look complete"
+
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch")]
+    reran = [line.split()[2] for line in lines if " ok " in line]
+    assert reran == ["quality_review"] and "epoch     4  quality_review   ok" in done.stdout
+    after = {str(p.relative_to(reports_copy)): p.stat().st_mtime_ns for p in reports_copy.rglob("*.metrics.json")}
+    assert (epoch4 / "quality_review.metrics.json").exists()
+    assert len(after) == len(before) + 1
+    assert all(after[k] == before[k] for k in before), "complete reports were not rewritten"
