@@ -159,6 +159,8 @@ CASES = [
     ("prompt-control-chars", lambda t, r: sample_args(t, r, "--prompt", "a red\x00 circle\x1b[31m"), 0, r"control character"),
     ("prompt-script", lambda t, r: sample_args(t, r, "--prompt", "<script>alert(1)</script>"), 0, r"never saw these words"),
     ("sample-steps-0", lambda t, r: sample_args(t, r, "--prompt", "a red circle", "--num_inference_steps", "0"), 2, r"num_inference_steps must be"),
+    # report parameters
+    ("report-unknown-milestone", lambda t, r: ["report", "--run", str(r / "run"), "--milestones", "99", "--reports-dir", str(t / "reports")], 2, r"99.*available.*2"),
     ("sample-unknown-scheduler", lambda t, r: sample_args(t, r, "--prompt", "a red circle", "--scheduler", "plms"), 2, r"ddim"),
 ]
 
@@ -200,5 +202,5 @@ class _warnings_shown:
 
 def test_the_table_covers_every_kind_of_input():
     kinds = {c[0].split("-")[0] for c in CASES}
-    assert {"yaml", "unknown", "folder", "checkpoint", "prompt", "sample"} <= kinds
+    assert {"yaml", "unknown", "folder", "checkpoint", "prompt", "sample", "report"} <= kinds
     assert len({c[0] for c in CASES}) == len(CASES), "case ids must be unique"
