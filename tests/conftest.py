@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# One OpenMP thread per process, set before torch loads: tiny models gain nothing from two, and on a 2-core CI box two
+# spinning OpenMP threads beside another process (a kernel, a DDP peer) slowed steps 4-90x (bench/RESULTS.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 from t2ilab.config import Config, load_config
 

@@ -263,6 +263,8 @@ def test_sigkill_during_report_generation_redoes_only_the_broken_report(run, par
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (epoch4 / "quality_review.metrics.json").exists(), "a killed report must not look complete"
+    leftovers = list((REPO_ROOT / "notebooks").glob("kernel-ipc-*"))
+    assert not leftovers, f"kernel sockets belong in a temp dir, not beside the notebooks: {leftovers}"
 
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -61,6 +61,7 @@ class ModelConfig(_Section):
     layers_per_block: int = Field(1, ge=1, le=4)  # resnet blocks per UNet level
     attention_levels: list[bool] = Field(default_factory=lambda: [False, True, True])  # cross-attention per level
     attention_head_dim: int = Field(8, ge=1)  # channels per attention head
+    pooled_text_embedding: bool = False  # also add an attention-pooled caption vector to the timestep embedding
     norm_num_groups: int = Field(8, ge=1)  # GroupNorm groups; must divide every block width
     text_encoder: str = "scratch"  # "scratch": a small CLIPTextModel trained with the UNet; or a folder/hub id (frozen)
     text_hidden_size: int = Field(64, ge=8)  # scratch text encoder width (= cross-attention dim)

@@ -17,6 +17,10 @@ def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int
         )
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in model_cfg.attention_levels)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(model_cfg.attention_levels))
+    # diffusers' addition_embed_type="text" pools the caption (AttentionPooling) into the timestep embedding, so every
+    # resnet block sees the caption, not only the attention levels: global attributes (colour, shape) are learnt sooner.
+    pooled = {"addition_embed_type": "text", "addition_embed_type_num_heads": model_cfg.text_heads} \
+        if model_cfg.pooled_text_embedding else {}
     return UNet2DConditionModel(
         sample_size=resolution,
         in_channels=3,
@@ -29,6 +33,7 @@ def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=model_cfg.attention_head_dim,
         norm_num_groups=model_cfg.norm_num_groups,
+        **pooled,
     )
 
 

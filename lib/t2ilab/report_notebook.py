@@ -10,6 +10,8 @@ import io
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,8 +139,10 @@ def execute_notebook(source: Path, output: Path, parameters: dict, kernel: str |
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config as TraitletsConfig
 
-    # IPC sockets (files readable by this user only) instead of unencrypted TCP on localhost.
-    kernel_config = TraitletsConfig({"KernelManager": {"transport": "ipc"}})
+    # IPC sockets (files readable by this user only) instead of unencrypted TCP on localhost. They live in a private
+    # temp dir, not the kernel's cwd: a killed run would otherwise leave socket files beside the notebooks.
+    ipc_dir = tempfile.mkdtemp(prefix="t2ilab-ipc-")
+    kernel_config = TraitletsConfig({"KernelManager": {"transport": "ipc", "ip": os.path.join(ipc_dir, "k")}})
     old = os.environ.get("T2ILAB_HEADLESS")
     os.environ["T2ILAB_HEADLESS"] = "1"  # inherited by the kernel: static images and plain progress lines
     try:
@@ -154,6 +158,7 @@ def execute_notebook(source: Path, output: Path, parameters: dict, kernel: str |
     except Exception as exc:  # a dead kernel, a kernel that never started, an unreadable notebook
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     finally:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
         if old is None:
             os.environ.pop("T2ILAB_HEADLESS", None)
         else:
