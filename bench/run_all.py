@@ -1,4 +1,4 @@
-"""Run the three benchmarks (train_throughput, sampling, workflow), each in its own process, and write
+"""Run the four benchmarks (train_throughput, sampling, workflow, time_to_quality), each in its own process, and write
 bench/RESULTS.md: the machine, the date, the exact commands and each benchmark's tables and RATIO lines.
 
     .venv/bin/python bench/run_all.py            # full defaults (about 15 minutes on 2 quiet CPU cores)
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import REPO_ROOT, load_average, machine_info
 
-BENCHMARKS = ("train_throughput", "sampling", "workflow")
+BENCHMARKS = ("train_throughput", "sampling", "workflow", "time_to_quality")
 
 
 def run(command: list[str]) -> tuple[str, float, int]:
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-load", type=float, default=1.5, help="passed on to each benchmark")
     p.add_argument("--threads", type=int, default=2, help="torch threads for train_throughput and sampling")
     p.add_argument("--judge", type=int, default=0, metavar="N", help="sampling: also judge N prompts per category per cell")
+    p.add_argument("--schedulers", help="sampling: comma list of schedulers (default: all seven)")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "RESULTS.md"))
     args = p.parse_args(argv)
     unknown = [b for b in args.only.split(",") if b not in BENCHMARKS]
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             command += ["--threads", str(args.threads)]
         if name == "sampling" and args.judge:
             command += ["--judge", str(args.judge)]
+        if name == "sampling" and args.schedulers:
+            command += ["--schedulers", args.schedulers]
         print(f"\n=== {shlex.join(command)}", flush=True)
         output, seconds, code = run(command)
         status = "" if code == 0 else f" — FAILED (exit {code})"

@@ -70,6 +70,15 @@ def test_noise_free_decay_is_still_improving(tmp_path):
     assert d.verdict == "still_improving" and d.evidence["val_rho"] > 0
 
 
+def test_early_fast_decay_is_still_improving_not_a_plateau(tmp_path):
+    # The demo's validation loss (EMA) over its first 12 epochs: lower every epoch, yet a line through epochs 3-12
+    # leaves U-shaped residuals whose CI included zero ("plateau"). The recent half of the run decides.
+    val = [0.0681, 0.0386, 0.0298, 0.0253, 0.0226, 0.0208, 0.0195, 0.0184, 0.0175, 0.0169, 0.0163, 0.0158]
+    d = run(tmp_path, records(val, num_epochs=21))
+    assert d.verdict == "still_improving", d.summary
+    assert d.evidence["window_epochs"] == 6
+
+
 def test_still_improving_past_num_epochs_recommends_going_further(tmp_path):
     d = run(tmp_path, records(decaying(40), num_epochs=40))
     assert d.verdict == "still_improving" and "continue training to 60 epochs" in d.recommendation

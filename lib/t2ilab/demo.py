@@ -18,9 +18,9 @@ from t2ilab.diagnose import diagnose_run, format_duration
 
 # The old run stopped at 118 of 200 epochs: 59 %.
 STOP_FRACTION = 118 / 200
-# Sized for 2 CPU cores: no sampler sweep and a small KID/FD sample per milestone (bench/sampling.py and
-# `t2ilab report --set quality_review.sweep_schedulers=[...]` run the full sweep).
-DEMO_REPORT_PARAMS = {"quality_review": {"sweep_schedulers": [], "quick": True}}
+# Sized for 2 CPU cores: judge scores at reports.images_per_category, no sampler sweep (bench/sampling.py --judge and
+# `t2ilab report --set quality_review.sweep_schedulers=[...]` run it).
+DEMO_REPORT_PARAMS = {"quality_review": {"sweep_schedulers": [], "quick": False}}
 
 
 def _say(text: str) -> None:
@@ -64,9 +64,11 @@ def run_demo(config_path: str, overrides: list[str], reports: bool = True, fresh
     print(f"ETA: {diagnosis['eta']['text']}")
     resume_overrides = list(overrides)
     if diagnosis["verdict"] in ("plateau", "unstable"):
-        lr = cfg.training.learning_rate / 2
-        resume_overrides.append(f"training.learning_rate={lr}")
-        print(f"applying it: resume with training.learning_rate={lr:.1e}")
+        # The recommendation's number: half the learning rate the run had reached (not half the configured peak,
+        # which after a cosine decay can be *higher* than the current one).
+        lr = (diagnosis["evidence"].get("lr") or cfg.training.learning_rate) / 2
+        resume_overrides.append(f"training.learning_rate={lr:.3g}")
+        print(f"applying it: resume with training.learning_rate={lr:.3g}")
     else:
         print(f"applying it: resume to epoch {cfg.training.num_epochs} with the schedule unchanged")
 

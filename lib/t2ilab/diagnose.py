@@ -166,7 +166,8 @@ def count_spikes(loss: np.ndarray) -> np.ndarray:
 
 def diagnose(train: pd.DataFrame, val: pd.DataFrame, last_k: int = 10, quality: dict | None = None,
              target_epochs: int | None = None) -> Diagnosis:
-    """Verdict on the last `last_k` validation epochs; rules checked in this order, first match wins.
+    """Verdict on the last K = min(last_k, max(MIN_VAL_POINTS, half the run)) validation epochs; rules checked in
+    this order, first match wins.
 
     1. unstable: a NaN/inf training or validation loss anywhere in the (deduplicated) log, or at least
        SPIKE_MIN_COUNT training-loss spikes (count_spikes) within the last K epochs.
@@ -185,7 +186,10 @@ def diagnose(train: pd.DataFrame, val: pd.DataFrame, last_k: int = 10, quality: 
     """
     if last_k < 3:
         raise ValueError(f"last_k must be at least 3 (a slope with a confidence interval needs 3 points), got {last_k}")
-    ev = _evidence(train, val, val.tail(last_k))
+    # At most the recent half of the run: a line through the fast early decay has large, autocorrelated
+    # residuals, which widens the CI until a loss that falls every epoch reads as a plateau.
+    window = min(last_k, max(MIN_VAL_POINTS, len(val) // 2))
+    ev = _evidence(train, val, val.tail(window))
     timing = eta(train, val, target_epochs)
     verdict, reason = _verdict(ev, len(val))
     ev.update(_quality_evidence(quality))
@@ -298,6 +302,9 @@ def _recommend(verdict: str, reason: str, ev: dict, timing: dict, train: pd.Data
     return f"resume from the latest checkpoint with {lower}: the validation loss has stopped falling"
 
 
+TREND_WORDS = {"down": "falling", "up": "rising", "flat": "no clear trend: its CI includes zero"}
+
+
 def _summary(verdict: str, reason: str, ev: dict) -> str:
     if reason == "nan":
         return f"unstable: non-finite loss in {ev['nan_count']} log points, first at epoch {ev['first_nan_epoch']}"
@@ -308,7 +315,7 @@ def _summary(verdict: str, reason: str, ev: dict) -> str:
     pct = 100 * ev["val_rel_slope"]
     return (f"{verdict}: {ev['val_series']} {pct:+.2f} %/epoch over the last {ev['window_epochs']} epochs (slope "
             f"{ev['val_slope']:.2e}, {CI_LEVEL:.0%} CI [{ev['val_ci_low']:.2e}, {ev['val_ci_high']:.2e}]); "
-            f"training loss {100 * ev['train_rel_slope']:+.2f} %/epoch ({ev['train_direction']})")
+            f"training loss {100 * ev['train_rel_slope']:+.2f} %/epoch ({TREND_WORDS[ev['train_direction']]})")
 
 
 def eta(train: pd.DataFrame, val: pd.DataFrame, target_epochs: int | None = None) -> dict[str, Any]:

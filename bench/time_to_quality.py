@@ -1,0 +1,130 @@
+"""Time to quality: training wall-clock and steps until the judge's overall score reaches a target, t2ilab's
+recipe vs a plain one on the same model, data, batch size, step budget and seed.
+
+    .venv/bin/python bench/time_to_quality.py                 # demo.yaml, both recipes, ~12 min on 2 CPU cores
+    .venv/bin/python bench/time_to_quality.py --quick         # 4 epochs each, smoke-test size
+
+Recipes (everything else is the config's):
+  t2ilab  the config as written: v-prediction, Min-SNR-5 weighting, EMA (sampled from), cosine LR with warm-up
+  plain   what diffusers' train_text_to_image.py does by default: epsilon prediction, plain MSE, no EMA,
+          constant LR, no warm-up
+Both keep the config's caption dropout, because both are sampled with classifier-free guidance.
+
+Each recipe trains for --epochs with a checkpoint every --every epochs; every checkpoint is judged with the
+config's sampler on --judge prompts per category (the same prompts and seeds for both). Training time is the
+sum of the logged epoch times (validation and checkpoint writes excluded, the same for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import REPO_ROOT, format_table, load_average, omp_note, wait_for_quiet
+from t2ilab.checkpoint import list_checkpoints
+from t2ilab.config import load_config
+from t2ilab.quality import score_checkpoint
+from t2ilab.train import train
+
+PLAIN = ["noise.prediction_type=epsilon", "training.snr_gamma=null", "training.use_ema=false",
+         "training.lr_scheduler=constant", "training.lr_warmup_steps=0"]
+RECIPES = {"t2ilab": [], "plain": PLAIN}
+
+
+def epoch_seconds(run: Path) -> dict[int, float]:
+    """Logged training seconds of each epoch (the 'val' records of metrics.jsonl)."""
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("type") == "val":
+            out[rec["epoch"]] = rec["epoch_seconds"]
+    return out
+
+
+def run_recipe(name: str, config: str, overrides: list[str], root: Path, judge_n: int) -> list[dict]:
+    """Train one recipe and judge every checkpoint: [{epoch, step, seconds, score, ci_low, ci_high}]."""
+    cfg = load_config(config, overrides + RECIPES[name] + [f"output_dir={root / name}", "reports.on_milestone=false",
+                                                           "reports.milestones=[]", "reports.every_n_epochs=null"])
+    print(f"\n[{name}] training {cfg.training.num_epochs} epochs: {' '.join(RECIPES[name]) or 'the config as written'}",
+          flush=True)
+    train(cfg)
+    seconds = epoch_seconds(Path(cfg.output_dir))
+    rows = []
+    for path, manifest in list_checkpoints(cfg.output_dir):
+        weights = "ema" if cfg.training.use_ema else "raw"
+        scores = score_checkpoint(path, n_per_category=judge_n, scheduler=cfg.sampling.scheduler,
+                                  steps=cfg.sampling.num_inference_steps, guidance=cfg.sampling.guidance_scale,
+                                  weights=weights)
+        overall = scores.set_index("category").loc["overall"]
+        epoch = manifest["epoch"]
+        rows.append({"epoch": epoch, "step": manifest["global_step"],
+                     "seconds": sum(s for e, s in seconds.items() if e <= epoch),
+                     "score": float(overall["accuracy"]), "ci_low": float(overall["ci_low"]),
+                     "ci_high": float(overall["ci_high"])})
+        print(f"[{name}] epoch {epoch}: overall {rows[-1]['score']:.3f} "
+              f"[{rows[-1]['ci_low']:.3f}, {rows[-1]['ci_high']:.3f}] ({weights} weights)", flush=True)
+    return rows
+
+
+def first_reaching(rows: list[dict], target: float) -> dict | None:
+    return next((r for r in rows if r["score"] >= target), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--every", type=int, default=2, help="checkpoint (and judge) every N epochs")
+    p.add_argument("--judge", type=int, default=50, metavar="N", help="prompts per category per checkpoint")
+    p.add_argument("--target", type=float, default=0.05, help="overall judge score to reach")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="4 epochs, checkpoint every 2, 8 prompts per category")
+    p.add_argument("--max-load", type=float, default=1.5)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both recipes")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.every, args.judge = 4, 2, 8
+    os.chdir(REPO_ROOT)
+    torch.set_num_threads(args.threads)
+    overrides = args.overrides + [f"training.num_epochs={args.epochs}", f"training.checkpoint_every_n_epochs={args.every}"]
+    print(f"time to quality: {args.config} {' '.join(args.overrides)}; {args.epochs} epochs, judged every {args.every} "
+          f"on {args.judge} prompts/category; target overall >= {args.target}")
+    print(f"  load average before measuring: {wait_for_quiet(args.max_load):.2f}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="t2ilab-ttq-") as tmp:
+        for name in RECIPES:
+            t0 = time.perf_counter()
+            results[name] = run_recipe(name, args.config, overrides, Path(tmp), args.judge)
+            print(f"[{name}] done in {time.perf_counter() - t0:.0f} s (training + judging); load {load_average():.2f}")
+
+    headers = ["epoch", "step"] + [f"{n} {c}" for n in RECIPES for c in ("s", "score", "95% CI")]
+    rows = []
+    for a, b in zip(results["t2ilab"], results["plain"]):
+        rows.append([a["epoch"], a["step"]] + [x for r in (a, b) for x in
+                                                (r["seconds"], f"{r['score']:.3f}", f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]")])
+    print("\njudge score (overall, mean of 6 categories) by training time:")
+    print(format_table(headers, rows))
+
+    ours, plain = (first_reaching(results[n], args.target) for n in ("t2ilab", "plain"))
+    where = f"{args.judge}/category, {args.threads} threads{omp_note()}, cpu"
+    if ours is None:
+        print(f"RATIO time-to-quality: not reached (t2ilab's recipe stayed below {args.target} in {args.epochs} epochs; {where})")
+    elif plain is None:
+        budget = results["plain"][-1]["seconds"]
+        print(f"RATIO time-to-quality plain/t2ilab > {budget / ours['seconds']:.1f}x (t2ilab reached {args.target} at "
+              f"epoch {ours['epoch']}, {ours['seconds']:.0f} s; plain never did in {budget:.0f} s; {where})")
+    else:
+        print(f"RATIO time-to-quality plain/t2ilab = {plain['seconds'] / ours['seconds']:.1f}x (overall >= {args.target}: "
+              f"t2ilab epoch {ours['epoch']} {ours['seconds']:.0f} s, plain epoch {plain['epoch']} {plain['seconds']:.0f} s; {where})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
