@@ -1,5 +1,6 @@
-"""Run the four benchmarks (train_throughput, sampling, workflow, time_to_quality), each in its own process, and write
-bench/RESULTS.md: the machine, the date, the exact commands and each benchmark's tables and RATIO lines.
+"""Run the benchmarks (train_throughput, sampling, workflow, time_to_quality, background_reports), each in its own
+process, and write bench/RESULTS.md: the machine, the date, the exact commands and each benchmark's tables and
+RATIO lines.
 
     .venv/bin/python bench/run_all.py            # full defaults (about 15 minutes on 2 quiet CPU cores)
     .venv/bin/python bench/run_all.py --quick    # smoke-test sizes (a few minutes)
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from common import REPO_ROOT, load_average, machine_info
 
-BENCHMARKS = ("train_throughput", "sampling", "workflow", "time_to_quality")
+BENCHMARKS = ("train_throughput", "sampling", "workflow", "time_to_quality", "background_reports")
 
 
 def run(command: list[str]) -> tuple[str, float, int]:

@@ -147,3 +147,26 @@ def test_sigkill_during_checkpoint_write_leaves_latest_loadable(tiny_config):
     result = train(cfg, resume="latest", progress="none")
     assert result.epoch == 4 and result.last_checkpoint.name == "checkpoint-epoch-0004"
     assert not list(out.glob(".tmp-*"))
+
+
+def test_training_uses_one_thread_while_a_background_report_runs(tiny_config):
+    """A report process beside training: one torch thread until it exits (2-core machines), then all again."""
+    import subprocess
+
+    children = []
+
+    def fake_report(path, epoch):  # stands in for start_background_reports: a process that is still busy
+        children.append(subprocess.Popen(["sleep", "30"]))
+        return children[-1]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = train(tiny_config("reports.milestones=[2]"), progress="none", on_milestone=fake_report)
+        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+    finally:
+        for child in children:
+            child.kill()
+        torch.set_num_threads(before)
+    log = (result.output_dir / "train.log").read_text()
+    assert len(children) == 1 and "torch threads: 1 (a report is running beside training)" in log

@@ -195,8 +195,10 @@ def start_background_reports(cfg: Config, epoch: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "t2ilab", "report", "--run", str(out), "--milestones", str(epoch),
                "--notebooks", ",".join(cfg.reports.notebooks), "--reports-dir", cfg.reports.reports_dir]
     with open(out / f"reports-epoch-{epoch:04d}.log", "ab") as log_file:  # the child keeps its own handle
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=os.environ | {"T2ILAB_HEADLESS": "1"})
+        # One OpenMP thread and a lower CPU priority: training keeps the machine, the report uses what is left.
+        return subprocess.Popen(["nice", "-n", "10", *command], stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=os.environ | {"T2ILAB_HEADLESS": "1", "OMP_NUM_THREADS": "1"})
 
 
 def milestone_callback(cfg: Config) -> Callable[[Path, int], subprocess.Popen] | None:

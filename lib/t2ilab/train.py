@@ -108,6 +108,8 @@ class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None, progress: str = "auto", on_milestone=None):
         self.cfg = cfg
         self.on_milestone = on_milestone
+        self.background: list = []  # report processes started on milestones (subprocess.Popen), while they run
+        self.threads = torch.get_num_threads()
         t = cfg.training
         self.out = Path(cfg.output_dir)
         self.accelerator = Accelerator(
@@ -253,6 +255,19 @@ class Trainer:
         if self.plan is not None:
             for line in self.plan.render().splitlines():
                 self.log.info(line)
+
+    def _share_cpu(self) -> None:
+        """One torch thread while a background report runs on a CPU-only machine, all of them again after.
+
+        Two OpenMP threads spin-wait for each other when a third busy process takes a core: measured on 2 cores,
+        training fell from ~100 to ~10 samples/s while a milestone report ran (bench/background_reports.py)."""
+        if not self.background:
+            return
+        self.background = [c for c in self.background if c.poll() is None]
+        want = 1 if self.background and self.accelerator.device.type == "cpu" else self.threads
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+            self.log.info(f"torch threads: {want} ({'a report is running beside training' if want == 1 else 'reports done'})")
 
     # ------------------------------------------------------------------ one step
     def _batch(self, order: np.ndarray, index: int):
@@ -463,6 +478,7 @@ class Trainer:
                 if interval_start is None:
                     interval_start = epoch_start
                 while self.step_in_epoch < self.steps_per_epoch:
+                    self._share_cpu()
                     self.train_step(order, self.step_in_epoch)
                     self.step_in_epoch += 1
                     if self.global_step % t.log_every_n_steps == 0:
@@ -483,13 +499,16 @@ class Trainer:
                 if self.epoch % t.checkpoint_every_n_epochs == 0 or self.epoch == t.num_epochs or is_milestone or self.epoch == last_epoch:
                     path = self.save(end_of_epoch=True, metrics={k: rec[k] for k in ("train_loss", "val_loss", "val_loss_ema")})
                     if is_milestone and self.is_main and self.on_milestone is not None:
-                        self.on_milestone(path, self.epoch)
+                        child = self.on_milestone(path, self.epoch)
+                        if hasattr(child, "poll"):
+                            self.background.append(child)
                 interval_start += time.perf_counter() - paused  # samples/s counts training time only
                 if max_steps is not None and self.global_step >= max_steps:
                     return self._result("max_steps")
             stopped = "stop_at_epoch" if self.epoch < t.num_epochs else "finished"
             return self._result(stopped)
         finally:
+            torch.set_num_threads(self.threads)  # background reports may still run; the caller gets its threads back
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.log.close()
