@@ -13,7 +13,6 @@ parameters, sampler sweep included; if it is still running when training ends it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import tempfile
@@ -22,19 +21,11 @@ from pathlib import Path
 
 import torch
 
-from common import REPO_ROOT, format_table, load_average, omp_note, wait_for_quiet
+from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
 from t2ilab.config import load_config
 from t2ilab.reports import milestone_callback
 from t2ilab.train import train
 
-
-def epoch_seconds(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") == "val":
-            out[rec["epoch"]] = rec["epoch_seconds"]
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ sum of the logged epoch times (validation and checkpoint writes excluded, the sa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import REPO_ROOT, format_table, load_average, omp_note, wait_for_quiet
+from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
 from t2ilab.checkpoint import list_checkpoints
 from t2ilab.config import load_config
 from t2ilab.quality import score_checkpoint
@@ -36,15 +35,6 @@ PLAIN = ["noise.prediction_type=epsilon", "training.snr_gamma=null", "training.u
          "training.lr_scheduler=constant", "training.lr_warmup_steps=0"]
 RECIPES = {"t2ilab": [], "plain": PLAIN}
 
-
-def epoch_seconds(run: Path) -> dict[int, float]:
-    """Logged training seconds of each epoch (the 'val' records of metrics.jsonl)."""
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") == "val":
-            out[rec["epoch"]] = rec["epoch_seconds"]
-    return out
 
 
 def run_recipe(name: str, config: str, overrides: list[str], root: Path, judge_n: int) -> list[dict]:
