@@ -226,3 +226,22 @@ def test_review_checkpoint_returns_a_json_serialisable_review(trained_run, data_
     assert review["guide_claims"]["steps"]["verdict"] == "not measured"  # no 50/100-step cells in this sweep
     assert [p["role"] for p in review["prompts"]] == ["short", "detailed"] and "beautiful" in review["prompts"][1]["unknown_words"]
     assert review["vs_previous"]["verdict"] in ("yes", "no", "not distinguishable at this N")
+
+
+def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_same_way(trained_run, tmp_path):
+    previous = trained_run / "checkpoint-epoch-0002"
+    current = {"sampling": {"scheduler": "ddim", "steps": 2, "guidance": 3.0}, "n_per_category": 2, "seed": 0, "weights": "ema"}
+    review = current | {"checkpoint": str(previous), "epoch": 2, "overall": 0.25, "overall_ci": [0.1, 0.5]}
+    sidecar = tmp_path / "quality_review.metrics.json"
+
+    def reuse(record: dict):
+        sidecar.write_text(json.dumps(record))
+        return quality._reusable_review(sidecar, previous, current)
+
+    assert reuse({"status": "ok", "metrics": review})["overall"] == 0.25
+    assert reuse({"status": "failed", "metrics": review}) is None
+    assert reuse({"status": "ok", "metrics": review | {"n_per_category": 4}}) is None
+    assert reuse({"status": "ok", "metrics": review | {"seed": 1}}) is None
+    assert reuse({"status": "ok", "metrics": review | {"sampling": current["sampling"] | {"steps": 3}}}) is None
+    assert reuse({"status": "ok", "metrics": review | {"checkpoint": str(trained_run / "checkpoint-epoch-0004")}}) is None
+    assert quality._reusable_review(tmp_path / "missing.json", previous, current) is None

@@ -104,6 +104,11 @@ def test_runner_writes_every_report_of_every_milestone(first, run):
         assert {row["category"] for row in quality["metrics"]["scores"]} >= {"colors", "counting"}
         expected_previous = None if epoch == 2 else str(run / "checkpoint-epoch-0002")
         assert quality["parameters"]["previous_checkpoint"] == expected_previous
+        if epoch == 4:  # "better than epoch 2?" reads epoch 2's report instead of sampling its checkpoint again
+            versus = quality["metrics"]["vs_previous"]
+            assert versus["previous_source"].startswith("read from the previous milestone's report")
+            assert versus["previous_overall"] == _sidecar(reports_dir, 2, "quality_review")["metrics"]["overall"]
+            assert "previous" in quality["metrics"]["timings"]
         page = (folder / "quality_review.html").read_text()
         assert "ceiling" in page and "<table" in page and "Is DDIM better than DDPM?" in page
         assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page, "a prompt shows as text"

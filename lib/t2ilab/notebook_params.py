@@ -155,7 +155,8 @@ def score_summary(review: dict) -> str:
     text = f"overall {review['overall']:.3f} (95% CI {low:.3f}–{high:.3f}); judge on real images {review['ceiling']:.3f}"
     versus = review.get("vs_previous")
     if versus:
-        text += f"\nbetter than the previous milestone? {versus['verdict']} (difference {versus['difference']:+.3f})"
+        text += (f"\nbetter than the previous milestone? {versus['verdict']} (difference {versus['difference']:+.3f}; "
+                 f"its score {versus.get('previous_source', 'scored now')})")
     return text
 
 

@@ -19,6 +19,7 @@ from t2ilab.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.config import CATEGORIES, ConfigError, load_config, read_yaml
 from t2ilab.data import load_dataset
 from t2ilab.pipeline import T2IPipeline, load_pipeline
+from t2ilab.report_notebook import read_json
 
 Z = 1.96  # 95% intervals throughout
 DEFAULT_SWEEP = {"schedulers": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler"), "steps": (10, 20, 50, 100),
@@ -362,12 +363,15 @@ def _jsonable(x):
 def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_per_category: int | None = None,
                       sweep: dict | None = DEFAULT_SWEEP, quick: bool = False, data_cache_dir: str | None = None,
                       prompts_file: str | Path | None = REVIEW_PROMPTS, distance_n: int | None = None,
-                      encoder_steps: int = 300, seed: int = 0, batch_size: int = 64, device=None) -> dict:
+                      encoder_steps: int = 300, seed: int = 0, batch_size: int = 64, device=None,
+                      previous_review: str | Path | None = None) -> dict:
     """Scores, sampler sweep, KID/FD, memorization and prompt checks of one checkpoint as one JSON-safe dict.
 
     Sampling settings come from the checkpoint's config (sampling: section), N from reports.images_per_category
     (8 when quick). sweep=None skips the sweep; quick=True also shrinks the default sweep and distance sample.
-    `previous`: an earlier review dict or checkpoint, to say whether this one is better.
+    `previous`: an earlier review dict or checkpoint, to say whether this one is better. `previous_review`: the
+    previous milestone's report sidecar (.metrics.json); when it scored `previous` with the same sampler, N and
+    seed its score is read instead of sampling the previous checkpoint again (a missing file is not an error).
     """
     start, timings = time.perf_counter(), {}
     path = resolve_checkpoint(checkpoint)
@@ -377,7 +381,7 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
     sweep = QUICK_SWEEP if quick and sweep is DEFAULT_SWEEP else sweep
     pipe = load_pipeline(path, "ema", device=device)
     out: dict = {"checkpoint": str(path), "epoch": pipe.manifest.get("epoch"), "global_step": pipe.manifest.get("global_step"),
-                 "weights": pipe.weights, "sampling": sampling, "n_per_category": n, "quick": quick,
+                 "weights": pipe.weights, "sampling": sampling, "n_per_category": n, "seed": seed, "quick": quick,
                  "scores": None, "overall": None, "overall_ci": None, "ceiling": None, "sweep": None,
                  "best_settings": None, "best_sampler_overall": None, "guide_claims": None, "prompts": None}
     judged = cfg.data.source == "shapes"  # the judge reads shapes images; folder data gets distances only
@@ -389,7 +393,10 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
                    overall_ci=[overall["ci_low"], overall["ci_high"]])
         timings["scores"] = time.perf_counter() - tick
         if previous is not None:
-            out["vs_previous"] = _versus(out, previous, n, seed, batch_size, sampling)
+            tick = time.perf_counter()
+            reusable = _reusable_review(previous_review, previous, out) if previous_review else None
+            out["vs_previous"] = _versus(out, reusable or previous, n, seed, batch_size, sampling)
+            timings["previous"] = time.perf_counter() - tick
     if judged and sweep is not None:
         tick = time.perf_counter()
         frame = sampler_sweep(pipe, seed=seed, batch_size=batch_size, **sweep)
@@ -421,18 +428,29 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
     return _jsonable(out)
 
 
+def _reusable_review(sidecar: str | Path, previous, current: dict) -> dict | None:
+    """The previous milestone's review from its report sidecar, if it judged the same checkpoint the same way."""
+    record = read_json(Path(sidecar)) or {}
+    review = (record.get("metrics") or {}) if record.get("status") == "ok" else {}
+    if review.get("overall") is None or any(review.get(k) != current[k] for k in ("sampling", "n_per_category", "seed", "weights")):
+        return None
+    if not isinstance(previous, dict) and Path(review.get("checkpoint", "")).resolve() != resolve_checkpoint(previous).resolve():
+        return None
+    return review | {"source": f"read from the previous milestone's report ({sidecar})"}
+
+
 def _versus(current: dict, previous, n: int, seed: int, batch_size: int, sampling: dict) -> dict:
     """Current overall vs a previous review dict or checkpoint (scored now with the same settings)."""
     note = None
     if isinstance(previous, dict):
         prev = {"accuracy": previous["overall"], "ci_low": previous["overall_ci"][0], "ci_high": previous["overall_ci"][1]}
-        epoch = previous.get("epoch")
+        epoch, source = previous.get("epoch"), previous.get("source", "an earlier review")
         if previous.get("sampling") != sampling or previous.get("n_per_category") != n:
             note = f"previous review used {previous.get('sampling')} with N={previous.get('n_per_category')} per category"
     else:
         scores = score_checkpoint(previous, n, seed=seed, batch_size=batch_size, **sampling).set_index("category")
         prev = scores.loc["overall"].to_dict()
-        epoch = read_manifest(resolve_checkpoint(previous)).get("epoch")
+        epoch, source = read_manifest(resolve_checkpoint(previous)).get("epoch"), "scored now with the same prompts and seeds"
     now = {"accuracy": current["overall"], "ci_low": current["overall_ci"][0], "ci_high": current["overall_ci"][1]}
     return {"question": "Is this checkpoint better than the previous one?", "previous": epoch,
-            "previous_overall": prev["accuracy"], **_compare(now, prev), "note": note}
+            "previous_overall": prev["accuracy"], **_compare(now, prev), "note": note, "previous_source": source}

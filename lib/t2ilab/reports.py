@@ -84,12 +84,17 @@ def resolve_path(value: str | Path) -> Path:
     return p.resolve()
 
 
-def default_parameters(name: str, checkpoint: Path, previous: Path | None, run_dir: Path, cfg: Config) -> dict:
-    """The parameters the runner passes to a report notebook, from the checkpoint's run config."""
+def default_parameters(name: str, checkpoint: Path, previous: Path | None, run_dir: Path, cfg: Config,
+                       previous_dir: Path | None = None) -> dict:
+    """The parameters the runner passes to a report notebook, from the checkpoint's run config.
+
+    `previous_dir`: the previous milestone's report folder, whose quality review the new one reads its
+    "better than before?" score from instead of sampling the previous checkpoint again."""
     if name == "loss_diagnosis":
         return {"run_dir": str(run_dir), "checkpoint": str(checkpoint)}
     if name == "quality_review":  # sampler settings and N come from the checkpoint's config inside the notebook
         return {"checkpoint": str(checkpoint), "previous_checkpoint": str(previous) if previous else None,
+                "previous_review": str(previous_dir / f"{name}.metrics.json") if previous and previous_dir else None,
                 "review_prompts": str(resolve_path(cfg.reports.review_prompts)),
                 "data_cache_dir": str(resolve_path(cfg.data.cache_dir))}
     return {"checkpoint": str(checkpoint)}
@@ -124,9 +129,11 @@ def run_reports(run_dir: str | Path, milestones: str | list[int] | None = "all",
         for epoch in epochs:
             checkpoint = available[epoch]
             cfg = load_config(checkpoint / "config.yaml")
-            previous = available[order[order.index(epoch) - 1]] if order.index(epoch) > 0 else None
+            previous_epoch = order[order.index(epoch) - 1] if order.index(epoch) > 0 else None
+            previous = available[previous_epoch] if previous_epoch is not None else None
+            previous_dir = run_reports_dir / f"epoch-{previous_epoch:04d}" if previous_epoch is not None else None
             for name in names:
-                parameters = default_parameters(name, checkpoint, previous, run, cfg) | overrides[name]
+                parameters = default_parameters(name, checkpoint, previous, run, cfg, previous_dir) | overrides[name]
                 result = run_one(name, sources[name], checkpoint, run_reports_dir / f"epoch-{epoch:04d}", parameters,
                                  run.name, epoch, kernel, nb_dir, timeout, force)
                 log(f"epoch {epoch:>5}  {name:<16} {result.status:<8} {result.seconds:7.1f} s  {result.notebook_path}"
