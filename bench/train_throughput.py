@@ -35,7 +35,7 @@ from t2ilab.runlog import release_lock
 from t2ilab.text import build_text_encoder
 from t2ilab.train import Trainer, epoch_order
 
-VARIANTS = ("channels_last", "compile", "bf16", "fused_adamw")
+VARIANTS = ("channels_last", "compile", "bf16", "foreach_adamw")
 
 
 # ---------------------------------------------------------------- t2ilab and its variants
@@ -51,13 +51,13 @@ class T2ilabRunner:
         unet = tr.accelerator.unwrap_model(tr.unet)
         if "channels_last" in tweaks:
             unet.to(memory_format=torch.channels_last)
-        if "fused_adamw" in tweaks:
+        if "foreach_adamw" in tweaks:  # t2ilab's optimizer before it became fused: what fusing bought
             t = self.cfg.training
             params = [p for g in tr.optimizer.param_groups for p in g["params"]]
-            fused = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                      weight_decay=t.adam_weight_decay, eps=t.adam_epsilon, fused=True)
-            tr.lr_scheduler = build_lr_scheduler(fused, tr.segment)
-            tr.optimizer = tr.accelerator.prepare(fused)
+            foreach = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                        weight_decay=t.adam_weight_decay, eps=t.adam_epsilon, foreach=True)
+            tr.lr_scheduler = build_lr_scheduler(foreach, tr.segment)
+            tr.optimizer = tr.accelerator.prepare(foreach)
         if "compile" in tweaks:
             unet.compile()  # in place (nn.Module.compile): Trainer, EMA and optimizer see the same module
         self.compile_s, self.compile_load = None, None

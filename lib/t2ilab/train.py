@@ -182,9 +182,12 @@ class Trainer:
         params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if self.text_trainable else [])
         if not self.text_trainable:
             self.text_encoder.requires_grad_(False)
+        # Fused AdamW (one kernel for all parameters): 1.08x samples/s over foreach on 2 CPU cores at demo size
+        # (bench/train_throughput.py, variant foreach_adamw); the same update up to rounding.
+        fused = acc.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(
             params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.adam_weight_decay,
-            eps=t.adam_epsilon, foreach=True,
+            eps=t.adam_epsilon, fused=fused, foreach=not fused,
         )
         if ckpt is not None:
             self.optimizer.load_state_dict(state_opt)
