@@ -2,7 +2,7 @@
 process, and write bench/RESULTS.md: the machine, the date, the exact commands and each benchmark's tables and
 RATIO lines.
 
-    .venv/bin/python bench/run_all.py            # full defaults (about 15 minutes on 2 quiet CPU cores)
+    .venv/bin/python bench/run_all.py            # full defaults (about 50 minutes on 2 quiet CPU cores)
     .venv/bin/python bench/run_all.py --quick    # smoke-test sizes (a few minutes)
 
 Each benchmark waits for the 1-minute load average to drop below --max-load before it measures.
@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks to run")
     p.add_argument("--max-load", type=float, default=1.5, help="passed on to each benchmark")
     p.add_argument("--threads", type=int, default=2, help="torch threads for train_throughput and sampling")
-    p.add_argument("--judge", type=int, default=0, metavar="N", help="sampling: also judge N prompts per category per cell")
-    p.add_argument("--schedulers", help="sampling: comma list of schedulers (default: all seven)")
+    p.add_argument("--judge", type=int, default=24, metavar="N",
+                   help="sampling: also judge N prompts per category per cell (the equal-quality speed-up needs it; 0: speed only)")
+    p.add_argument("--schedulers", default="ddpm,ddim,dpmsolver++,unipc,euler",
+                   help="sampling: comma list of schedulers ('all': all seven)")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "RESULTS.md"))
     args = p.parse_args(argv)
     unknown = [b for b in args.only.split(",") if b not in BENCHMARKS]
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         command = [str(python), f"bench/{name}.py", "--max-load", str(args.max_load)] + (["--quick"] if args.quick else [])
         if name != "workflow":
             command += ["--threads", str(args.threads)]
-        if name == "sampling" and args.judge:
+        if name == "sampling" and args.judge and not args.quick:
             command += ["--judge", str(args.judge)]
-        if name == "sampling" and args.schedulers:
+        if name == "sampling" and args.schedulers and args.schedulers != "all" and not args.quick:
             command += ["--schedulers", args.schedulers]
         print(f"\n=== {shlex.join(command)}", flush=True)
         output, seconds, code = run(command)
