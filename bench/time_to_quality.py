@@ -2,7 +2,7 @@
 recipe vs a plain one on the same model, data, batch size, step budget and seed.
 
     .venv/bin/python bench/time_to_quality.py                 # demo.yaml, both recipes, ~16 min on 2 CPU cores
-    .venv/bin/python bench/time_to_quality.py --quick         # 4 epochs each, smoke-test size
+    .venv/bin/python bench/time_to_quality.py --quick         # t2ilab 4 epochs, plain as long; smoke-test size
 
 Recipes (everything else is the config's):
   t2ilab  the config as written: v-prediction, Min-SNR-5 weighting, EMA (sampled from), cosine LR with warm-up
@@ -11,8 +11,8 @@ Recipes (everything else is the config's):
 Both keep the config's caption dropout, because both are sampled with classifier-free guidance.
 
 t2ilab's recipe trains first, for --epochs, with a checkpoint every --every epochs. The plain recipe then gets
---plain-budget times the epochs t2ilab needed to reach --target (rounded up to a checkpoint, plus one more), so
-the benchmark can tell "plain is >= that many times slower" from "plain got there": a shared budget could only
+--plain-budget times the training seconds t2ilab needed to reach --target (resumed --every epochs at a time until
+its logged epoch times add up to that: its step is cheaper without EMA), so the benchmark can tell "plain is >= that many times slower" from "plain got there": a shared budget could only
 show > 1x. Every checkpoint is judged with the config's sampler on --judge prompts per category (the same prompts
 and seeds for both). Training time is the sum of the logged epoch times (validation and checkpoint writes
 excluded, the same for both).
@@ -41,15 +41,27 @@ RECIPES = {"t2ilab": [], "plain": PLAIN}
 
 
 
-def run_recipe(name: str, config: str, overrides: list[str], root: Path, judge_n: int, epochs: int, every: int) -> list[dict]:
-    """Train one recipe and judge every checkpoint: [{epoch, step, seconds, score, ci_low, ci_high}]."""
-    cfg = load_config(config, overrides + RECIPES[name] + [
-        f"output_dir={root / name}", f"training.num_epochs={epochs}", f"training.checkpoint_every_n_epochs={every}",
-        "reports.on_milestone=false", "reports.milestones=[]", "reports.every_n_epochs=null"])
+def run_recipe(name: str, config: str, overrides: list[str], root: Path, judge_n: int, epochs: int, every: int,
+               min_seconds: float = 0.0) -> list[dict]:
+    """Train one recipe (resumed `every` epochs at a time until its training time reaches `min_seconds`) and judge
+    every checkpoint: [{epoch, step, seconds, score, ci_low, ci_high}]."""
+
+    def config_for(num_epochs: int):
+        return load_config(config, overrides + RECIPES[name] + [
+            f"output_dir={root / name}", f"training.num_epochs={num_epochs}", f"training.checkpoint_every_n_epochs={every}",
+            "reports.on_milestone=false", "reports.milestones=[]", "reports.every_n_epochs=null"])
+
+    cfg = config_for(epochs)
     print(f"\n[{name}] training {cfg.training.num_epochs} epochs: {' '.join(RECIPES[name]) or 'the config as written'}",
           flush=True)
     train(cfg)
     seconds = epoch_seconds(Path(cfg.output_dir))
+    while sum(seconds.values()) < min_seconds:  # a faster step (no EMA) must not shrink the budget below the target
+        epochs += every
+        print(f"[{name}] {sum(seconds.values()):.0f} s < {min_seconds:.0f} s of training: resuming to epoch {epochs}", flush=True)
+        cfg = config_for(epochs)
+        train(cfg, resume="latest")
+        seconds = epoch_seconds(Path(cfg.output_dir))
     rows = []
     for path, manifest in list_checkpoints(cfg.output_dir):
         weights = "ema" if cfg.training.use_ema else "raw"
@@ -71,10 +83,11 @@ def first_reaching(rows: list[dict], target: float) -> dict | None:
     return next((r for r in rows if r["score"] >= target), None)
 
 
-def plain_epochs(reached: dict | None, epochs: int, every: int, budget: float) -> int:
-    """Epochs for the plain recipe: `budget` x t2ilab's epochs to the target, on a checkpoint, plus one more."""
-    base = reached["epoch"] if reached else epochs
-    return math.ceil(budget * base / every) * every + every
+def plain_budget(t2ilab_rows: list[dict], target: float, every: int, budget: float) -> tuple[int, float]:
+    """(epochs, training seconds) for the plain recipe: `budget` x what t2ilab needed to reach the target (all
+    of its run when it never did), the epochs rounded up to a checkpoint."""
+    reached = first_reaching(t2ilab_rows, target) or t2ilab_rows[-1]
+    return math.ceil(budget * reached["epoch"] / every) * every, budget * reached["seconds"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,31 +95,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--epochs", type=int, default=14, help="t2ilab's recipe (its cosine schedule spans these)")
     p.add_argument("--plain-budget", type=float, default=2.0, metavar="X",
-                   help="the plain recipe trains X times the epochs t2ilab needed (the target ratio to test)")
+                   help="the plain recipe trains X times the training time t2ilab needed (the target ratio to test)")
     p.add_argument("--every", type=int, default=2, help="checkpoint (and judge) every N epochs")
     p.add_argument("--judge", type=int, default=50, metavar="N", help="prompts per category per checkpoint")
     p.add_argument("--target", type=float, default=0.05, help="overall judge score to reach")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="4 epochs each, checkpoint every 2, 8 prompts per category")
+    p.add_argument("--quick", action="store_true", help="t2ilab 4 epochs, plain as long, checkpoint every 2, 8 prompts per category")
     p.add_argument("--max-load", type=float, default=1.5)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both recipes")
     args = p.parse_args(argv)
     if args.quick:
-        args.epochs, args.every, args.judge, args.plain_budget = 4, 2, 8, 0.5
+        args.epochs, args.every, args.judge, args.plain_budget = 4, 2, 8, 1.0
     os.chdir(REPO_ROOT)
     torch.set_num_threads(args.threads)
     print(f"time to quality: {args.config} {' '.join(args.overrides)}; t2ilab {args.epochs} epochs, plain "
-          f"{args.plain_budget:g}x the epochs t2ilab needed; judged every {args.every} on {args.judge} prompts/category; "
+          f"{args.plain_budget:g}x the training time t2ilab needed; judged every {args.every} on {args.judge} prompts/category; "
           f"target overall >= {args.target}")
     print(f"  load average before measuring: {wait_for_quiet(args.max_load):.2f}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="t2ilab-ttq-") as tmp:
         for name in RECIPES:
-            epochs = args.epochs if name == "t2ilab" else plain_epochs(
-                first_reaching(results["t2ilab"], args.target), args.epochs, args.every, args.plain_budget)
+            epochs, seconds = ((args.epochs, 0.0) if name == "t2ilab" else
+                               plain_budget(results["t2ilab"], args.target, args.every, args.plain_budget))
             t0 = time.perf_counter()
-            results[name] = run_recipe(name, args.config, args.overrides, Path(tmp), args.judge, epochs, args.every)
+            results[name] = run_recipe(name, args.config, args.overrides, Path(tmp), args.judge, epochs, args.every, seconds)
             print(f"[{name}] done in {time.perf_counter() - t0:.0f} s (training + judging); load {load_average():.2f}")
 
     headers = ["epoch", "step"] + [f"{n} {c}" for n in RECIPES for c in ("s", "score", "95% CI")]

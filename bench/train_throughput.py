@@ -1,6 +1,7 @@
 """Training throughput: samples/s of t2ilab's `Trainer.train_step` against the loop of diffusers'
 examples/text_to_image/train_text_to_image.py (bench/reference_loop.py), in interleaved rounds in one process;
 then FLOP utilisation, speed-ups tried as variants of the t2ilab step, and OpenMP thread settings (child processes).
+A floor runner (the model's forward and backward alone) bounds what any training loop around this model can gain.
 
     .venv/bin/python bench/train_throughput.py                      # demo.yaml, 5 rounds x 8 steps, all variants
     .venv/bin/python bench/train_throughput.py --quick              # 2 rounds x 3 steps, no variants
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils import flop_counter
@@ -36,6 +38,7 @@ from t2ilab.text import build_text_encoder
 from t2ilab.train import Trainer, epoch_order
 
 VARIANTS = ("channels_last", "compile", "bf16", "foreach_adamw")
+FLOOR = "model fwd+bwd only"
 
 
 # ---------------------------------------------------------------- t2ilab and its variants
@@ -77,6 +80,27 @@ class T2ilabRunner:
     def close(self) -> None:
         if self.trainer.lock:
             release_lock(self.trainer.lock)
+
+
+def model_only_runner(config: str, overrides: list[str], workdir: Path) -> tuple[Callable[[int], int], T2ilabRunner]:
+    """The floor: text encoder + UNet forward, loss and backward on one fixed batch; no data, optimizer, clipping,
+    EMA or logging. No training loop around this model can be faster than this without changing its kernels."""
+    runner = T2ilabRunner(config, overrides, workdir, [])
+    tr = runner.trainer
+    idx, rows, timesteps, noise = tr._batch(runner.order, 0)
+    params = [p for group in tr.optimizer.param_groups for p in group["params"]]
+    tr.unet.train()
+    tr.text_encoder.train(tr.text_trainable)
+
+    def run(steps: int) -> int:
+        for _ in range(steps):
+            loss, _ = tr._loss(tr.unet, idx, rows, timesteps, noise)
+            loss.backward()
+            for p in params:
+                p.grad = None
+        return steps * len(idx)
+
+    return run, runner
 
 
 # ---------------------------------------------------------------- FLOPs and the matmul peak
@@ -198,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  variant {v} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 t2i.pop(f"t2ilab+{v}", None)
         runners.update({name: r.run for name, r in t2i.items()})
+        floor, floor_runner = model_only_runner(args.config, overrides, Path(tmp) / "floor")
+        runners[FLOOR] = floor
         print(f"  load average before measuring: {wait_for_quiet(args.max_load):.2f}")
         rates, loads = interleaved_rounds(runners, args.rounds, args.steps, args.warmup)
-        for r in t2i.values():
+        for r in [*t2i.values(), floor_runner]:
             r.close()
 
     names = list(runners)
@@ -241,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nload average during measurement (includes this benchmark's own threads): "
           f"min {min(loads):.2f}, max {max(loads):.2f}; now {load_average():.2f}")
+    print(f"BOUND train_throughput ({FLOOR})/reference = {paired(FLOOR, 'reference'):.2f}x (the most any loop around "
+          f"this model can gain over the reference without changing the model's kernels; t2ilab reaches "
+          f"{paired('t2ilab', FLOOR):.2f} of it)")
     for name in t2i:
         if name != "t2ilab":
             print(f"VARIANT {name}/t2ilab = {paired(name, 't2ilab'):.2f}x (median of per-round ratios)")

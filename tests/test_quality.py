@@ -245,3 +245,25 @@ def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_s
     assert reuse({"status": "ok", "metrics": review | {"sampling": current["sampling"] | {"steps": 3}}}) is None
     assert reuse({"status": "ok", "metrics": review | {"checkpoint": str(trained_run / "checkpoint-epoch-0004")}}) is None
     assert quality._reusable_review(tmp_path / "missing.json", previous, current) is None
+
+
+def test_memorization_figure_redraws_only_the_shown_images_and_they_are_the_reviewed_ones(trained_run, data_cache):
+    from t2ilab import notebook_params
+    from t2ilab.data import load_dataset
+
+    checkpoint = trained_run / "checkpoint-epoch-0004"
+    dataset = load_dataset(load_config(checkpoint / "config.yaml", [f"data.cache_dir={data_cache}"]).data)
+    sampling = {"scheduler": "ddim", "steps": 2, "guidance": 3.0}
+    every, index = quality.sample_like_dataset(checkpoint, dataset, 12, seed=0, **sampling)
+    shown = [7, 2, 11]
+    some, some_index = quality.sample_like_dataset(checkpoint, dataset, 12, seed=0, only=shown, **sampling)
+    assert list(some_index) == list(index[shown])
+    assert np.abs(some.astype(int) - every[shown].astype(int)).max() <= 1, "same prompt and seed: the same image"
+
+    as_hwc = lambda idx: dataset.images[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
+    memo = features.memorization(every, as_hwc(dataset.train_idx), as_hwc(dataset.val_idx), k=3)
+    review = {"sampling": sampling, "memorization": {k: v for k, v in memo.items() if k != "ratios"}}
+    figure = notebook_params.memorization_view(checkpoint, review, data_cache)
+    expected = features.memorization_figure(every, as_hwc(dataset.train_idx), as_hwc(dataset.val_idx), memo)
+    assert figure.size == expected.size
+    assert np.abs(np.asarray(figure, int) - np.asarray(expected, int)).max() <= 1

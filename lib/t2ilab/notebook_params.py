@@ -98,8 +98,8 @@ def sweep_settings(schedulers: list[str] | None = None, steps: list[int] | None 
 def memorization_view(checkpoint: str | Path, review: dict, data_cache_dir: str | Path | None = None, seed: int = 0):
     """The review's closest generated / training / held-out triples as one image (None when it has none).
 
-    The generated images are drawn again with the review's seed, count and sampler settings, so they are the
-    very images the review measured (quality.sample_like_dataset is deterministic).
+    Only the shown generated images are drawn again, with the review's seed, count and sampler settings, so they
+    are the images the review measured (quality.sample_like_dataset is deterministic per prompt and seed).
     """
     from t2ilab import features, quality
     from t2ilab.data import load_dataset
@@ -110,7 +110,9 @@ def memorization_view(checkpoint: str | Path, review: dict, data_cache_dir: str 
     overrides = [f"data.cache_dir={data_cache_dir}"] if data_cache_dir else None
     cfg = load_config(Path(checkpoint) / "config.yaml", overrides)
     dataset = load_dataset(cfg.data)
-    generated, _ = quality.sample_like_dataset(checkpoint, dataset, memo["n_generated"], seed, **review["sampling"])
+    shown = [pair["generated"] for pair in memo["closest"]]
+    generated, _ = quality.sample_like_dataset(checkpoint, dataset, memo["n_generated"], seed, only=shown, **review["sampling"])
+    memo = memo | {"closest": [pair | {"generated": k} for k, pair in enumerate(memo["closest"])]}
     return features.memorization_figure(generated, _channels_last(dataset.images[dataset.train_idx]),
                                         _channels_last(dataset.images[dataset.val_idx]), memo)
 

@@ -336,12 +336,18 @@ def side_by_side(current: Image.Image, previous: Image.Image | None, labels=("th
 
 
 def sample_like_dataset(checkpoint, dataset, n: int = 256, seed: int = 0, scheduler: str | None = None, steps: int = 25,
-                        guidance: float = 3.0, weights: str = "ema", batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images, data set indices): n images drawn from captions of random training images, fixed seeds."""
+                        guidance: float = 3.0, weights: str = "ema", batch_size: int = 64,
+                        only: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, data set indices): n images drawn from captions of random training images, fixed seeds.
+
+    `only`: positions among the n to draw (the same prompts and seeds, so the same images up to batch rounding),
+    e.g. the few a memorization figure shows, instead of all n again."""
     pipe = as_pipeline(checkpoint, weights)
     rng = np.random.default_rng([seed, 2])
     index = np.sort(rng.choice(dataset.train_idx, size=min(n, len(dataset.train_idx)), replace=False))
     seeds = [int(s) for s in rng.integers(2**31, size=len(index))]
+    if only is not None:
+        index, seeds = index[list(only)], [seeds[i] for i in only]
     with _sampler(pipe, scheduler):
         images = generate_images(pipe, [dataset.captions[i] for i in index], seeds, steps, guidance, batch_size)
     return images, index
