@@ -2,7 +2,7 @@
 process, and write bench/RESULTS.md: the machine, the date, the exact commands and each benchmark's tables and
 RATIO lines.
 
-    .venv/bin/python bench/run_all.py            # full defaults (about 50 minutes on 2 quiet CPU cores)
+    .venv/bin/python bench/run_all.py            # full defaults (about 45 minutes on 2 quiet CPU cores, plus make demo when needed)
     .venv/bin/python bench/run_all.py --quick    # smoke-test sizes (a few minutes)
 
 Each benchmark waits for the 1-minute load average to drop below --max-load before it measures.
