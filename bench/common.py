@@ -32,6 +32,14 @@ def wait_for_quiet(max_load: float = 1.5, timeout_s: float = 600, poll_s: float 
     return load
 
 
+def device_sync() -> None:
+    """Wait for queued GPU work so a timer around it measures it (nothing to wait for on a CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def interleaved_rounds(runners: dict[str, Callable[[int], int]], rounds: int, steps: int, warmup: int,
                        log: Callable[[str], None] = print) -> tuple[dict[str, list[float]], list[float]]:
     """Items per second of each runner, round by round, and the load average after each round.
@@ -47,8 +55,10 @@ def interleaved_rounds(runners: dict[str, Callable[[int], int]], rounds: int, st
         for name in order:
             if warmup:
                 runners[name](warmup)
+            device_sync()
             t0 = time.perf_counter()
             items = runners[name](steps)
+            device_sync()
             rates[name].append(items / (time.perf_counter() - t0))
         loads.append(load_average())
         log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {rates[n][-1]:.1f}/s" for n in names) + f" (load {loads[-1]:.2f})")

@@ -20,6 +20,7 @@ from PIL import Image
 
 from t2ilab.model import build_noise_scheduler, build_unet
 from t2ilab.text import build_text_encoder
+from t2ilab.train import mixed_precision
 
 
 def resize(img: Image.Image, size: int) -> Image.Image:
@@ -76,7 +77,8 @@ class ReferenceLoop:
 
     def __init__(self, cfg, ds):
         a = self.args = cfg.training
-        self.acc = Accelerator(gradient_accumulation_steps=1, mixed_precision="no", cpu=not torch.cuda.is_available())
+        # The Trainer's precision (bf16 on CUDA, fp32 on CPU): the script's --mixed_precision, same on both sides.
+        self.acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=mixed_precision(cfg), cpu=not torch.cuda.is_available())
         torch.manual_seed(a.seed)  # the same initial weights as the Trainer's
         captions = [ds.captions[i] for i in ds.train_idx]
         text_encoder, tokenizer, _ = build_text_encoder(cfg.model, captions)

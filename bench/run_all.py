@@ -116,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         command = [str(python), *script, "--max-load", str(args.max_load)] + (["--quick"] if args.quick else [])
         if name != "workflow":
             command += ["--threads", str(args.threads)]
-        if name == "sampling" and args.judge and not args.quick:
-            command += ["--judge", str(args.judge)]
-        if name == "sampling" and args.schedulers and args.schedulers != "all" and not args.quick:
-            command += ["--schedulers", args.schedulers]
+        if name == "sampling" and not args.quick:  # --quick picks its own small grid, unjudged
+            command += ["--judge", str(args.judge)] if args.judge else []
+            command += ["--schedulers", args.schedulers] if args.schedulers != "all" else []
         print(f"\n=== {shlex.join(command)}", flush=True)
         ran_at = time.strftime("%Y-%m-%d %H:%M %Z")
         output, seconds, code = run(command)

@@ -8,7 +8,8 @@ A floor runner (the model's forward and backward alone) bounds what any training
     .venv/bin/python bench/train_throughput.py --config configs/train_config.yaml --steps 3 --variants none
 
 Equal work: both sides train the same modules (the UNet and the scratch CLIPTextModel), from the same initial
-weights, at the same batch, dtype (fp32 on CPU), thread count and Min-SNR weighting (the script's formula).
+weights, at the same batch, precision (fp32 on CPU, bf16 through accelerate on CUDA), thread count and Min-SNR
+weighting (the script's formula).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import REPO_ROOT, cpu_flags, format_table, interleaved_rounds, load_average, median, omp_note, wait_for_quiet
+from common import REPO_ROOT, cpu_flags, device_sync, format_table, interleaved_rounds, load_average, median, omp_note, wait_for_quiet
 from reference_loop import ReferenceLoop
 from t2ilab.config import load_config
 from t2ilab.data import load_dataset
@@ -35,7 +36,7 @@ from t2ilab.model import build_unet
 from t2ilab.resume import build_lr_scheduler
 from t2ilab.runlog import release_lock
 from t2ilab.text import build_text_encoder
-from t2ilab.train import Trainer, epoch_order
+from t2ilab.train import Trainer, epoch_order, mixed_precision
 
 VARIANTS = ("channels_last", "compile", "bf16", "foreach_adamw")
 FLOOR = "model fwd+bwd only"
@@ -132,14 +133,16 @@ def flops_per_sample(cfg, ds) -> float:
     return counter.get_total_flops() / b
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best of `reps` n x n matmuls at the current thread count."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def matmul_peak_gflops(dtype: torch.dtype, device: str = "cpu", n: int = 2048, reps: int = 5) -> float:
+    """Best of `reps` n x n matmuls at the current thread count (on a GPU: on it, synchronized)."""
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
+        device_sync()
         t0 = time.perf_counter()
         torch.mm(a, b)
+        device_sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n ** 3 / best / 1e9
 
@@ -204,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, overrides)
     ds = load_dataset(cfg.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    where = f"{Path(args.config).name}, batch {cfg.training.batch_size}, {args.threads} threads{omp_note()}, {device}, fp32"
+    precision = {"no": "fp32"}.get(mixed_precision(cfg), mixed_precision(cfg))
+    where = f"{Path(args.config).name}, batch {cfg.training.batch_size}, {args.threads} threads{omp_note()}, {device}, {precision}"
     print(f"train_throughput: {where}; snr_gamma={cfg.training.snr_gamma} (both sides), prediction {cfg.noise.prediction_type}")
 
     with tempfile.TemporaryDirectory(prefix="t2ilab-bench-") as tmp:
@@ -236,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["round", *names], rows))
 
     per_sample = flops_per_sample(cfg, ds)
-    peak32 = matmul_peak_gflops(torch.float32)
+    peak = matmul_peak_gflops(torch.bfloat16 if precision == "bf16" else torch.float32, device)
     achieved = per_sample * median(rates["t2ilab"]) / 1e9
     print(f"\nFLOPs/sample (fwd+bwd, text encoder + UNet, matmul/conv/attention only): {per_sample / 1e9:.3f} GFLOP")
-    print(f"achieved (t2ilab, fp32): {achieved:.1f} GFLOP/s; fp32 matmul peak (2048^2, {args.threads} threads): "
-          f"{peak32:.1f} GFLOP/s; utilisation {100 * achieved / peak32:.1f} %")
+    print(f"achieved (t2ilab, {precision}): {achieved:.1f} GFLOP/s; {precision} matmul peak (2048^2, {device}, "
+          f"{args.threads} threads): {peak:.1f} GFLOP/s; utilisation {100 * achieved / peak:.1f} %")
     flags = cpu_flags()
     print(f"bf16 on this CPU: avx512_bf16={'avx512_bf16' in flags}, amx_bf16={'amx_bf16' in flags}; "
           f"bf16 matmul peak {matmul_peak_gflops(torch.bfloat16):.1f} GFLOP/s")

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, format_table, load_average, median, wait_for_quiet
-from t2ilab.config import DataConfig
+from common import REPO_ROOT, epoch_seconds, format_table, load_average, median, wait_for_quiet
+from t2ilab.config import DataConfig, load_config
 from t2ilab.data import load_dataset
 
 TARGET_STARTUP_S = 5.0
@@ -94,9 +94,6 @@ def time_reports(root: Path, size: str) -> tuple[list[list], dict] | str:
         from t2ilab.reports import run_reports
     except ImportError as exc:
         return f"not measured: reports not built ({exc})"
-    from common import epoch_seconds
-    from t2ilab.config import load_config
-
     run = root / "reports-run"
     t2ilab_train(["--config", "configs/demo.yaml", "--progress", "none", "--set", f"output_dir={run}",
                   "--set", "training.num_epochs=2", "--set", "reports.milestones=[1,2]",
@@ -112,8 +109,7 @@ def time_reports(root: Path, size: str) -> tuple[list[list], dict] | str:
     milestones = sorted(demo.milestone_epochs())
     gap = min(b - a for a, b in zip(milestones[:-1], milestones[1:]))
     per_epoch = median(list(epoch_seconds(run).values()))
-    return rows, {"report_s": total, "between_s": gap * per_epoch, "gap": gap, "epoch_s": per_epoch,
-                  "n": demo.reports.images_per_category}
+    return rows, {"report_s": total, "between_s": gap * per_epoch, "gap": gap, "epoch_s": per_epoch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from t2ilab.checkpoint import read_manifest
 from t2ilab.config import CATEGORIES
-from t2ilab.report_notebook import read_json, write_text
+from t2ilab.report_notebook import epoch_folder, read_json, write_text
 
 PLOT_DPI = 80
 INDEX_PLOT = "quality_vs_epoch.png"
@@ -61,7 +61,7 @@ def collect_rows(run_reports_dir: Path, run_dir: Path, milestones: dict[int, Pat
             epochs.add(int(folder.name[6:]))
     rows = []
     for epoch in sorted(epochs):
-        folder = run_reports_dir / f"epoch-{epoch:04d}"
+        folder = epoch_folder(run_reports_dir, epoch)
         reports = {}
         for sidecar in sorted(folder.glob("*.metrics.json")):
             record = read_json(sidecar)

@@ -166,6 +166,11 @@ def execute_notebook(source: Path, output: Path, parameters: dict, kernel: str |
             os.environ["T2ILAB_HEADLESS"] = old
 
 
+def epoch_folder(run_reports_dir: Path, epoch: int) -> Path:
+    """Where one milestone's reports of a run live: reports/<run>/epoch-NNNN."""
+    return run_reports_dir / f"epoch-{epoch:04d}"
+
+
 def read_json(path: Path) -> dict | None:
     """A JSON object from a file, or None when it is missing, unreadable or not an object."""
     try:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from t2ilab.checkpoint import CheckpointError, list_checkpoints
 from t2ilab.config import Config, ConfigError, load_config, parse_override
 from t2ilab.report_notebook import (  # noqa: F401  (ReportResult, execute_notebook: part of this module's API)
-    DEFAULT_TIMEOUT, ReportResult, execute_notebook, jsonable, kernel_name, run_one, write_text,
+    DEFAULT_TIMEOUT, ReportResult, epoch_folder, execute_notebook, jsonable, kernel_name, run_one, write_text,
 )
 
 NOTEBOOKS = {"loss_diagnosis": "03_loss_diagnosis.ipynb", "quality_review": "04_quality_review.ipynb"}
@@ -130,11 +130,11 @@ def run_reports(run_dir: str | Path, milestones: str | list[int] | None = "all",
             checkpoint = available[epoch]
             cfg = load_config(checkpoint / "config.yaml")
             previous_epoch = order[order.index(epoch) - 1] if order.index(epoch) > 0 else None
-            previous = available[previous_epoch] if previous_epoch is not None else None
-            previous_dir = run_reports_dir / f"epoch-{previous_epoch:04d}" if previous_epoch is not None else None
+            previous, previous_dir = ((available[previous_epoch], epoch_folder(run_reports_dir, previous_epoch))
+                                      if previous_epoch is not None else (None, None))
             for name in names:
                 parameters = default_parameters(name, checkpoint, previous, run, cfg, previous_dir) | overrides[name]
-                result = run_one(name, sources[name], checkpoint, run_reports_dir / f"epoch-{epoch:04d}", parameters,
+                result = run_one(name, sources[name], checkpoint, epoch_folder(run_reports_dir, epoch), parameters,
                                  run.name, epoch, kernel, nb_dir, timeout, force)
                 log(f"epoch {epoch:>5}  {name:<16} {result.status:<8} {result.seconds:7.1f} s  {result.notebook_path}"
                     + (f"\n    error: {result.error}" if result.error else ""))

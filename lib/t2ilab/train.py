@@ -182,8 +182,8 @@ class Trainer:
         params = list(self.unet.parameters()) + (list(self.text_encoder.parameters()) if self.text_trainable else [])
         if not self.text_trainable:
             self.text_encoder.requires_grad_(False)
-        # Fused AdamW (one kernel for all parameters): 1.08x samples/s over foreach on 2 CPU cores at demo size
-        # (bench/train_throughput.py, variant foreach_adamw); the same update up to rounding.
+        # Fused AdamW (one kernel for all parameters): 1.10x samples/s over foreach on 2 CPU cores at demo size
+        # (bench/RESULTS.md, train_throughput variant foreach_adamw = 0.91x); the same update up to rounding.
         fused = acc.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(
             params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.adam_weight_decay,
