@@ -37,6 +37,14 @@ def checkpoint_name(epoch: int, step: int | None = None) -> str:
     return name if step is None else f"{name}-step-{step:06d}"
 
 
+def checkpoint_key(name: str) -> tuple[int, int] | None:
+    """(epoch, global step or -1) parsed from a checkpoint folder name, padded or not; None for other names."""
+    m = _NAME.match(name)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)) if m.group(2) else -1
+
+
 def read_manifest(path: str | Path) -> dict:
     """The manifest of a complete checkpoint, or a CheckpointError saying what is wrong."""
     p = Path(path)
@@ -46,14 +54,23 @@ def read_manifest(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {p} is a file; expected a checkpoint-epoch-N folder")
     mf = p / MANIFEST
     if not mf.is_file():
+        if not (p / "config.yaml").is_file() and ((p / "unet").is_dir() or (p / "model_index.json").is_file()):
+            raise CheckpointError(
+                f"{p} is not a t2ilab checkpoint: it holds diffusers parts but no {MANIFEST} or config.yaml "
+                f"(another trainer's output?). t2ilab resumes and samples only its own checkpoint-epoch-N folders; "
+                f"load this one with diffusers (UNet2DConditionModel.from_pretrained('{p / 'unet'}')), or train "
+                f"a t2ilab run with ./run_train.sh --config configs/train_config.yaml."
+            )
         raise CheckpointError(
-            f"checkpoint {p} is partial (no {MANIFEST}; it was probably interrupted while being written). "
+            f"checkpoint {p} is partial (no {MANIFEST}; it was probably interrupted while being written or copied). "
             f"Use an earlier checkpoint or --resume latest."
         )
     try:
         manifest = json.loads(mf.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {p}: {MANIFEST} is unreadable ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {p}: {MANIFEST} cannot be read ({exc.strerror})") from None
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         raise CheckpointError(f"checkpoint {p} is not marked complete in {MANIFEST}")
     missing = [part for part in REQUIRED_PARTS if not (p / part).exists()]
@@ -62,33 +79,76 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """Every folder named like a checkpoint (complete or not), oldest first by (epoch, step) in the name."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [c for c in root.iterdir() if c.is_dir() and checkpoint_key(c.name) is not None]
+    return sorted(found, key=lambda c: checkpoint_key(c.name))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[tuple[Path, dict]]:
     """Complete checkpoints in an output dir, oldest first (by global step)."""
-    root = Path(output_dir)
     found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.is_dir() and _NAME.match(child.name):
-                try:
-                    found.append((child, read_manifest(child)))
-                except CheckpointError:
-                    continue  # partial or broken: never chosen
+    for child in checkpoint_folders(output_dir):
+        try:
+            found.append((child, read_manifest(child)))
+        except CheckpointError:
+            continue  # partial or broken: never chosen
     return sorted(found, key=lambda item: (item[1].get("global_step", 0), item[0].name))
 
 
+def _latest(root: Path) -> Path:
+    """The newest checkpoint of an output dir; a damaged one newer than it is named, never skipped silently."""
+    folders = checkpoint_folders(root)
+    for folder in reversed(folders):
+        try:
+            read_manifest(folder)
+        except CheckpointError as exc:
+            older = [f.name for f in folders if checkpoint_key(f.name) < checkpoint_key(folder.name)]
+            hint = (f"To continue from an older one, name it: --resume {root / older[-1]} --overwrite "
+                    f"(discards {folder.name})" if older else "There is no older checkpoint to use instead")
+            raise CheckpointError(
+                f"the newest checkpoint in {root} is damaged, so 'latest' stops rather than skip it: {exc}. "
+                f"Repair it or move it out of {root}. {hint}."
+            ) from None
+        return folder
+    raise CheckpointError(f"no complete checkpoint in {root}; train first or pass a checkpoint folder")
+
+
+def _padded(path: Path) -> Path:
+    """`checkpoint-epoch-118` -> the run's `checkpoint-epoch-0118` when only the padded one exists."""
+    key = checkpoint_key(path.name)
+    if path.exists() or key is None or not path.parent.is_dir():
+        return path
+    same = [c for c in checkpoint_folders(path.parent) if checkpoint_key(c.name) == key]
+    return same[0] if same else path
+
+
 def resolve_checkpoint(path: str | Path, output_dir: str | Path | None = None) -> Path:
-    """Turn 'latest', an output dir or a checkpoint folder into a complete checkpoint folder."""
+    """Turn 'latest', an output dir or a checkpoint folder (padded or unpadded name) into a complete checkpoint."""
     text = str(path)
-    if text == "latest" or (Path(text).is_dir() and not _NAME.match(Path(text).name) and not (Path(text) / MANIFEST).exists()):
-        root = Path(output_dir) if text == "latest" else Path(text)
-        if text == "latest" and output_dir is None:
+    if text == "latest":
+        if output_dir is None:
             raise CheckpointError("'latest' needs an output dir to look in")
-        ckpts = list_checkpoints(root)
-        if not ckpts:
-            raise CheckpointError(f"no complete checkpoint in {root}; train first or pass a checkpoint folder")
-        return ckpts[-1][0]
-    read_manifest(text)
-    return Path(text)
+        return _latest(Path(output_dir))
+    p = _padded(Path(text))
+    looks_like_parts = (p / "unet").is_dir() or (p / "model_index.json").is_file()
+    if p.is_dir() and checkpoint_key(p.name) is None and not (p / MANIFEST).exists() and (
+        checkpoint_folders(p) or not looks_like_parts
+    ):
+        return _latest(p)  # an output dir: its newest checkpoint
+    read_manifest(p)
+    return p
+
+
+def later_checkpoints(output_dir: str | Path, checkpoint: Path) -> list[Path]:
+    """Checkpoint folders of `output_dir` after `checkpoint` (by epoch and step): what resuming it would overwrite."""
+    key = checkpoint_key(checkpoint.name)
+    if key is None:
+        return []
+    return [c for c in checkpoint_folders(output_dir) if checkpoint_key(c.name) > key]
 
 
 # ---------------------------------------------------------------- writing

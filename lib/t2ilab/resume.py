@@ -120,6 +120,16 @@ def plan_resume(
         )
         if step_in_epoch:
             epoch, step_in_epoch = epoch + 1, 0
+    # Older checkpoints lack steps_per_epoch: derive it from the position (exact unless the batch size changed).
+    old_spe = state.get("steps_per_epoch") or ((global_step - step_in_epoch) // epoch if epoch else steps_per_epoch)
+    spe_changed = old_spe != steps_per_epoch and t_old["batch_size"] == t_new["batch_size"]
+    if spe_changed:
+        warnings.append(
+            f"steps per epoch {old_spe} -> {steps_per_epoch} (the training split changed size): the learning-rate "
+            f"schedule is rebuilt over the remaining steps" + ("; the interrupted epoch restarts at its next boundary" if step_in_epoch else "")
+        )
+        if step_in_epoch:
+            epoch, step_in_epoch = epoch + 1, 0
     if state.get("data_fingerprint") != data_fingerprint:
         warnings.append("the data set differs from the checkpoint's (data fingerprint changed); training continues on the new data")
     if t_old["seed"] != t_new["seed"]:
@@ -127,7 +137,7 @@ def plan_resume(
 
     segment = dict(state["lr_segment"])
     schedule_keys = ("learning_rate", "num_epochs", "batch_size", "lr_scheduler")
-    new_segment = any(t_old[k] != t_new[k] for k in schedule_keys)
+    new_segment = spe_changed or any(t_old[k] != t_new[k] for k in schedule_keys)
     if new_segment:
         lr_changed = t_old["learning_rate"] != t_new["learning_rate"]
         base = t_new["learning_rate"] if lr_changed else current_lr

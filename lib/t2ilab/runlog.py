@@ -60,6 +60,7 @@ class RunLog:
         self.log_path = output_dir / "train.log"
         self.metrics_path = output_dir / "metrics.jsonl"
         self.bar = None
+        self.repaired = repair_tail(self.metrics_path) if enabled else None
         if self.mode in ("bar", "notebook"):
             if self.mode == "notebook":
                 from tqdm.auto import tqdm
@@ -83,8 +84,7 @@ class RunLog:
         if not self.enabled:
             return
         clean = {k: ([_json_safe(x) for x in v] if isinstance(v, list) else _json_safe(v)) for k, v in rec.items()}
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(clean) + "\n")
+        append_line(self.metrics_path, json.dumps(clean))
 
     def advance(self, steps: int, epoch: int, loss: float | None) -> None:
         if self.bar is not None:
@@ -95,6 +95,36 @@ class RunLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one whole line or nothing: a failed or short write (a full disk) is cut back off the file."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, f"short write to {path} ({written} of {len(data)} bytes)")
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def repair_tail(path: Path) -> str | None:
+    """Cut a partial last line (a run stopped mid-write) off a JSON-lines file; returns the fragment removed."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as fh:
+        fh.truncate(keep)
+    return data[keep:].decode("utf-8", "replace")
 
 
 def acquire_lock(output_dir: Path) -> Path:

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_images", "--num-images", type=int, default=1, help="images per prompt, seeds S..S+K-1 (default 1)")
     p.add_argument("--weights", default="ema", choices=["ema", "raw"], help="EMA (default) or raw UNet weights")
     p.add_argument("--output", default=None, help="folder for the images (default ./samples/<run>/<checkpoint>)")
+    p.add_argument("--overwrite", action="store_true", help="replace images already in --output (refused without it)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     return p
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         prompts = _read_prompts(args)
         _check_numbers(args)
         checkpoint = resolve_checkpoint(args.checkpoint, args.output_dir if args.checkpoint == "latest" else None)
-        out = Path(args.output) if args.output else Path("samples") / checkpoint.parent.name / checkpoint.name
+        jobs = [(p, args.seed + k) for p in prompts for k in range(args.num_images)]
+        names = [f"{i:03d}_{_slug(p)}_seed{seed}" for i, (p, seed) in enumerate(jobs)]
+        out = _output_folder(args, checkpoint, names)
         _check_writable(out)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -85,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         for problem in check["problems"]:
             print(f"warning: prompt {_short(p)!r}: {problem}", file=sys.stderr)
 
-    jobs = [(p, args.seed + k) for p in prompts for k in range(args.num_images)]
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with tqdm(total=len(jobs), desc="sampling", unit="img", file=sys.stderr) as bar:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             ).images
             seconds = (time.perf_counter() - began) / len(batch)  # a batch's time shared equally by its images
             for i, ((prompt, seed), image) in enumerate(zip(batch, images), start=start):
-                name = f"{i:03d}_{_slug(prompt)}_seed{seed}"
+                name = names[i]
                 sidecar = _sidecar(args, pipe, prompt, seed, seconds, checks[prompt], f"{name}.png")
                 _write_atomically(out / f"{name}.png", lambda f, im=image: im.save(f, format="PNG"))
                 _write_atomically(out / f"{name}.json", lambda f, d=sidecar: f.write(json.dumps(d, indent=2).encode()))
@@ -143,6 +145,26 @@ def _check_numbers(args) -> None:
         raise UsageError(f"--guidance_rescale must be in [0, 1], got {args.guidance_rescale}")
     if args.num_images < 1 or args.batch_size < 1:
         raise UsageError(f"--num_images and --batch-size must be ≥ 1, got {args.num_images} and {args.batch_size}")
+
+
+def _output_folder(args, checkpoint: Path, names: list[str]) -> Path:
+    """--output as given (refused when it would replace files, unless --overwrite), else the first free default."""
+    planned = [f"{n}{ext}" for n in names for ext in (".png", ".json")] + ["grid.png"]
+    if args.output:
+        out = Path(args.output)
+        taken = [n for n in planned if (out / n).exists()] if out.is_dir() else []
+        if taken and not args.overwrite:
+            raise UsageError(
+                f"--output {out} already holds {len(taken)} of the files this run would write (e.g. {taken[0]}); "
+                f"pass another --output, or --overwrite to replace them"
+            )
+        return out
+    base = Path("samples") / checkpoint.parent.name / checkpoint.name
+    out, n = base, 1
+    while out.is_dir() and any((out / name).exists() for name in planned):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")  # an earlier sample run is kept; this one goes next to it
+    return out
 
 
 def _check_writable(out: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -29,7 +30,9 @@ from safetensors.torch import load_file
 from t2ilab import __version__
 from t2ilab.checkpoint import (
     CheckpointError,
+    checkpoint_folders,
     checkpoint_name,
+    later_checkpoints,
     load_training_state,
     quiet_hub_progress,
     remove_stale_temporaries,
@@ -105,8 +108,10 @@ def _load_weights(module: torch.nn.Module, folder: Path, what: str) -> None:
 class Trainer:
     """One run: set-up, the loop, validation and checkpoints. Use `train()` for the whole thing."""
 
-    def __init__(self, cfg: Config, resume: str | None = None, progress: str = "auto", on_milestone=None):
+    def __init__(self, cfg: Config, resume: str | None = None, progress: str = "auto", on_milestone=None,
+                 overwrite: bool = False):
         self.cfg = cfg
+        self.overwrite = overwrite
         self.on_milestone = on_milestone
         self.background: list = []  # report processes started on milestones (subprocess.Popen), while they run
         self.threads = torch.get_num_threads()
@@ -152,6 +157,7 @@ class Trainer:
                 f"lower it or raise data.num_samples"
             )
         ckpt = resolve_checkpoint(resume, self.out) if resume else None
+        in_the_way = self._in_the_way(ckpt)
         torch.manual_seed(t.seed)  # model initialisation is the only use of the global RNG
         captions = [self.ds.captions[i] for i in self.train_idx]
         self.text_encoder, self.tokenizer, self.text_trainable = _load_text_side(cfg, ckpt, captions)
@@ -225,11 +231,38 @@ class Trainer:
             self.cached_embeddings = self._embed_all()  # a frozen encoder's outputs never change: compute once
         if self.ema is not None:
             self.ema.to(dev)
+        if in_the_way and self.is_main:  # --overwrite, and every check above passed: discard what it names
+            for path in in_the_way:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         total = t.num_epochs * self.steps_per_epoch
         self.log = RunLog(self.out, total, self.global_step, self.is_main, progress)
+        if self.log.repaired:
+            self.log.info(f"metrics.jsonl ended in a partial line (a run stopped mid-write); cut off, kept here: {self.log.repaired}")
         if t.tensorboard:
             acc.init_trackers("t2ilab")
         self._announce()
+
+    def _in_the_way(self, ckpt: Path | None) -> list[Path]:
+        """What this run would overwrite in output_dir: refused, unless --overwrite asks to discard it."""
+        if ckpt is None:
+            existing = checkpoint_folders(self.out)
+            if not existing:
+                return []
+            if not self.overwrite:
+                raise ConfigError(
+                    f"output_dir {self.out} already holds a run ({len(existing)} checkpoint(s), newest {existing[-1].name}); "
+                    f"training from scratch would overwrite its checkpoints and mix two runs in metrics.jsonl. Continue "
+                    f"it with --resume latest, choose another output_dir (--set output_dir=...), or pass --overwrite to discard it."
+                )
+            return existing + [p for p in (self.out / "metrics.jsonl", self.out / "train.log") if p.exists()]
+        later = later_checkpoints(self.out, ckpt)
+        if later and not self.overwrite:
+            raise CheckpointError(
+                f"resuming {ckpt.name} would overwrite the later checkpoint(s) {', '.join(p.name for p in later)} in "
+                f"{self.out}. Continue the newest with --resume latest, branch into another folder with --set "
+                f"output_dir=NEW_DIR, or pass --overwrite to discard the later ones."
+            )
+        return later
 
     def _zero_accumulators(self) -> dict[str, torch.Tensor]:
         bins = self.cfg.training.loss_bins
@@ -442,6 +475,7 @@ class Trainer:
             text_encoder = acc.unwrap_model(self.text_encoder)
             state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                      "lr_segment": self.segment, "world_size": self.world, "data_fingerprint": self.ds.fingerprint,
+                     "steps_per_epoch": self.steps_per_epoch,
                      "ema_optimization_step": self.ema.optimization_step if self.ema else None}
             rng = {"torch": torch.get_rng_state(), "accumulators": {k: v.cpu() for k, v in self.accum.items()}}
 
@@ -535,9 +569,10 @@ def _versions() -> dict[str, str]:
 
 
 def train(cfg: Config, resume: str | None = None, max_steps: int | None = None, stop_at_epoch: int | None = None,
-          progress: str = "auto", on_milestone=None) -> TrainResult:
+          progress: str = "auto", on_milestone=None, overwrite: bool = False) -> TrainResult:
     """Train (or resume) the run described by `cfg`; returns where it stopped."""
-    return Trainer(cfg, resume=resume, progress=progress, on_milestone=on_milestone).fit(max_steps, stop_at_epoch)
+    trainer = Trainer(cfg, resume=resume, progress=progress, on_milestone=on_milestone, overwrite=overwrite)
+    return trainer.fit(max_steps, stop_at_epoch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="checkpoint folder, or 'latest' for the newest complete one in output_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.learning_rate=5e-5 (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard what the run would overwrite in output_dir (an old run's checkpoints and logs, or the "
+                        "checkpoints after the one resumed); refused without it")
     p.add_argument("--max-steps", type=int, help="stop after this global step (saves a mid-epoch checkpoint)")
     p.add_argument("--stop-at-epoch", type=int, help="stop after this epoch (as the old run stopped at 118 of 200)")
     p.add_argument("--progress", choices=["auto", "bar", "plain", "none"], default="auto")
@@ -571,7 +609,7 @@ def main(argv: list[str]) -> int:
             from t2ilab.reports import start_background_reports
             on_milestone = lambda path, epoch: start_background_reports(cfg, epoch)  # noqa: E731
         result = train(cfg, resume=args.resume, max_steps=args.max_steps, stop_at_epoch=args.stop_at_epoch,
-                       progress=args.progress, on_milestone=on_milestone)
+                       progress=args.progress, on_milestone=on_milestone, overwrite=args.overwrite)
     except (ConfigError, CheckpointError, RunLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -580,6 +618,11 @@ def main(argv: list[str]) -> int:
         return 3
     except ValueError as exc:  # data errors (DataError) and similar input problems
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # output_dir read-only, deleted mid-run, disk full while logging
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: cannot write the run{where}: {exc.strerror or exc}. Checkpoints already written are intact; "
+              f"fix the folder (or choose another output_dir) and continue with --resume latest.", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{result.stopped}: epoch {result.epoch}, step {result.global_step}; last checkpoint: {result.last_checkpoint}")
