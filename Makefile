@@ -24,8 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Containers run as root; Jupyter refuses root without --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The sampling benchmark judges the demo's final checkpoint: `make demo` first when it is missing.
 DEMO_FINAL := outputs/demo/checkpoint-epoch-0021

@@ -117,7 +117,7 @@ def _latest(root: Path) -> Path:
     raise CheckpointError(f"no complete checkpoint in {root}; train first or pass a checkpoint folder")
 
 
-def _padded(path: Path) -> Path:
+def padded(path: Path) -> Path:
     """`checkpoint-epoch-118` -> the run's `checkpoint-epoch-0118` when only the padded one exists."""
     key = checkpoint_key(path.name)
     if path.exists() or key is None or not path.parent.is_dir():
@@ -133,7 +133,7 @@ def resolve_checkpoint(path: str | Path, output_dir: str | Path | None = None) -
         if output_dir is None:
             raise CheckpointError("'latest' needs an output dir to look in")
         return _latest(Path(output_dir))
-    p = _padded(Path(text))
+    p = padded(Path(text))
     looks_like_parts = (p / "unet").is_dir() or (p / "model_index.json").is_file()
     if p.is_dir() and checkpoint_key(p.name) is None and not (p / MANIFEST).exists() and (
         checkpoint_folders(p) or not looks_like_parts

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 import t2ilab
 from t2ilab.checkpoint import CheckpointError, resolve_checkpoint
+from t2ilab.cli import caller_path
 from t2ilab.pipeline import SCHEDULERS, CheckpointWarning, check_prompt, load_pipeline
 
 GRID_CELL = 128  # grid images are upscaled (NEAREST) to about this many pixels
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run `t2ilab sample`; returns the exit code (2 for bad input)."""
     try:
         args = build_parser().parse_args(argv)
+        for name in ("checkpoint", "output", "output_dir", "prompts_file"):
+            setattr(args, name, caller_path(getattr(args, name)))
         prompts = _read_prompts(args)
         _check_numbers(args)
         checkpoint = resolve_checkpoint(args.checkpoint, args.output_dir if args.checkpoint == "latest" else None)

@@ -34,6 +34,7 @@ from t2ilab.checkpoint import (
     checkpoint_name,
     later_checkpoints,
     load_training_state,
+    padded,
     quiet_hub_progress,
     remove_stale_temporaries,
     resolve_checkpoint,
@@ -42,6 +43,7 @@ from t2ilab.checkpoint import (
     save_training_state,
     write_checkpoint,
 )
+from t2ilab.cli import caller_overrides, caller_path, launcher_processes
 from t2ilab.config import Config, ConfigError, load_config
 from t2ilab.data import load_dataset, to_model_range
 from t2ilab.losses import diffusion_target, loss_weights, stratified_timesteps
@@ -594,15 +596,31 @@ def build_parser() -> argparse.ArgumentParser:
 def config_for(config: str | None, resume: str | None, overrides: list[str]) -> Config:
     """The config of a run: the file given, else (when resuming a folder) the checkpoint's own config."""
     if config is None and resume and resume != "latest":
-        ckpt_cfg = Path(resume) / "config.yaml"
+        ckpt_cfg = padded(Path(resume)) / "config.yaml"
         if ckpt_cfg.is_file():
             return load_config(ckpt_cfg, overrides)
     return load_config(config, overrides)
 
 
+def _check_process_count() -> None:
+    """Two processes asked must mean two: refuse a launcher that silently started one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    asked = int(os.environ.get("T2ILAB_NUM_PROCESSES", "0") or 0) or launcher_processes() or 1
+    if asked > 1 and world == 1:
+        raise ConfigError(
+            f"{asked} processes were asked for but this is the only one (accelerate launch without --multi_gpu "
+            f"starts one process on a machine without GPUs). Add --multi_gpu (it runs on CPUs too), e.g. "
+            f"accelerate launch --multi_gpu --num_processes {asked} -m t2ilab train ..., or use "
+            f"T2ILAB_NUM_PROCESSES={asked} ./run_train.sh ..."
+        )
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    args.config, args.resume = caller_path(args.config), caller_path(args.resume)
+    args.overrides = caller_overrides(args.overrides)
     try:
+        _check_process_count()
         cfg = config_for(args.config, args.resume, args.overrides)
         on_milestone = None
         if args.reports or cfg.reports.on_milestone:
