@@ -1,4 +1,5 @@
-"""The judge: near-perfect on real renders, at or below chance on noise and blanks, wrong on the right attribute."""
+"""The judge: near-perfect on real renders, at or below chance on noise and blanks, wrong on the right attribute,
+and each skill judged on its own (a right-colour, wrong-shape object scores colour but not shape)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 
 from t2ilab.config import CATEGORIES
-from t2ilab.judge import category_scores, find_objects, judge_ceiling, judge_image, judge_images, wilson_interval
+from t2ilab.judge import (SKILLS, category_scores, find_objects, judge_ceiling, judge_image, judge_images, skill_scores,
+                          wilson_interval)
 from t2ilab.shapes import COLORS, render_shapes_dataset, render_spec
 
 ALL = {c: 1.0 for c in CATEGORIES}
@@ -35,6 +37,9 @@ def test_real_renders_are_judged_correct_in_every_category(real):
         assert scores.loc[category, "n"] >= 250
         assert scores.loc[category, "accuracy"] >= 0.99, scores
     assert scores.loc["overall", "accuracy"] >= 0.99
+    skills = skill_scores(judge_images(images, specs)).set_index("skill")
+    assert list(skills.index) == list(SKILLS)  # every skill is claimed by some caption of the mix
+    assert (skills["accuracy"] >= 0.99).all(), skills
 
 
 def test_mismatched_specs_score_at_analytic_chance(real):
@@ -65,9 +70,12 @@ def test_noise_and_blank_images_score_below_chance():
     palette = np.array(list(COLORS.values()), dtype=np.uint8)
     palette_solid = np.broadcast_to(palette[np.arange(300) % len(palette)][:, None, None], noise.shape)
     for name, images in [("noise", noise), ("black", black), ("solid", solid), ("palette solid", palette_solid)]:
-        accuracy = judge_images(images, specs).groupby("category")["correct"].mean()
+        judged = judge_images(images, specs)
+        accuracy = judged.groupby("category")["correct"].mean()
         # The lowest chance level of a category with free guesses is colors at 1/18; stay below it.
         assert (accuracy <= 0.05).all(), (name, accuracy.to_dict())
+        skills = skill_scores(judged).set_index("skill")["accuracy"]
+        assert (skills <= 0.05).all(), (name, skills.to_dict())
     assert judge_image(black[0], specs[0])["n_objects"] == 0
 
 
@@ -85,21 +93,43 @@ def test_recoloured_object_fails_on_colour_only():
     assert verdict["color"] is False and verdict["shape"] and verdict["count"] and not verdict["correct"]
 
 
-def test_swapped_shape_fails_on_shape():
+def test_right_colour_wrong_shape_scores_colour_not_shape():
     spec = spec_of("colors", [("circle", "red", None)])
     for other in ("square", "triangle"):
         _, image = render_pair(spec, spec_of("colors", [(other, "red", None)]))
         verdict = judge_image(image, spec)
-        assert verdict["shape"] is False and verdict["count"] and not verdict["correct"]
+        assert verdict["shape"] is False and verdict["color"] is True and verdict["count"] and not verdict["correct"]
 
 
-def test_swapped_colour_binding_fails_on_colour_only():
+def test_colour_of_an_unrecognised_blob_counts_for_colour_only():
+    """A red cross is no shape of the data set: colour and count hold, shape and the strict verdict do not."""
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[8:24, 14:18] = COLORS["red"]
+    image[14:18, 8:24] = COLORS["red"]
+    assert [o["shape"] for o in find_objects(image)] == [None]
+    verdict = judge_image(image, spec_of("colors", [("circle", "red", None)]))
+    assert verdict["color"] is True and verdict["count"] is True
+    assert verdict["shape"] is False and verdict["correct"] is False
+
+
+def test_swapped_colours_fail_binding_only():
     spec = spec_of("color_attr", [("circle", "red", None), ("square", "blue", None)], count=2)
     swapped = spec_of("color_attr", [("circle", "blue", None), ("square", "red", None)], count=2)
     original, image = render_pair(spec, swapped)
-    assert judge_image(original, spec)["correct"]
+    assert judge_image(original, spec)["correct"] and judge_image(original, spec)["binding"]
     verdict = judge_image(image, spec)
-    assert verdict["color"] is False and verdict["shape"] and verdict["count"]
+    assert verdict["binding"] is False and not verdict["correct"]
+    assert verdict["color"] and verdict["shape"] and verdict["count"]  # both colours and both shapes are there
+
+
+def test_position_is_judged_on_the_best_matching_object():
+    """ "a yellow triangle on the left" drawn as a yellow square on the left: position holds, shape and strict fail."""
+    spec = spec_of("position", [("triangle", "yellow", None)], position="left")
+    image = render_spec(spec_of("position", [("square", "yellow", None)], position="left"), 32, np.random.default_rng(6))
+    verdict = judge_image(image, spec)
+    assert verdict["position"] is True and verdict["color"] is True
+    assert verdict["shape"] is False and verdict["correct"] is False
+    assert judge_image(image, spec_of("position", [("triangle", "yellow", None)], position="right"))["position"] is False
 
 
 def test_extra_or_missing_object_fails_counting():
@@ -120,7 +150,8 @@ def test_wrong_size_fails_single_object():
     spec = spec_of("single_object", [("square", None, "small")])
     original, image = render_pair(spec, spec_of("single_object", [("square", None, "large")]))
     assert judge_image(original, spec)["correct"]
-    assert judge_image(image, spec)["shape"] is False
+    verdict = judge_image(image, spec)
+    assert verdict["size"] is False and verdict["shape"] is True and not verdict["correct"]
 
 
 def test_wrong_position_fails_on_position_only():
@@ -142,6 +173,7 @@ def test_unclaimed_attributes_are_none():
     spec = spec_of("two_objects", [("circle", None, None), ("triangle", None, None)], 2)
     verdict = judge_image(render_spec(spec, 32, np.random.default_rng(8)), spec)
     assert verdict["correct"] and verdict["color"] is None and verdict["position"] is None
+    assert verdict["size"] is None and verdict["binding"] is None
 
 
 def test_uint8_pil_and_model_range_tensor_give_the_same_verdict(real):
@@ -188,3 +220,17 @@ def test_judge_ceiling_reports_every_category_and_overall():
     assert list(ceiling.index) == [*CATEGORIES, "overall"]
     assert (ceiling.loc[list(CATEGORIES), "n"] == 12).all()
     assert ceiling.loc["overall", "accuracy"] >= 0.95
+
+
+def test_skill_scores_count_only_captions_that_claim_the_skill():
+    rows = [{"category": "colors", "correct": False, "color": True, "shape": False, "size": None, "count": True,
+             "position": None, "binding": None, "n_objects": 1}] * 3
+    rows += [{"category": "colors", "correct": False, "color": False, "shape": False, "size": None, "count": True,
+              "position": None, "binding": None, "n_objects": 1}]
+    table = skill_scores(pd.DataFrame(rows)).set_index("skill")
+    assert list(table.index) == ["color", "shape", "count"]  # size, position, binding: never claimed
+    assert table.loc["color", "accuracy"] == 0.75 and table.loc["color", "n"] == 4
+    assert (table.loc["color", "ci_low"], table.loc["color", "ci_high"]) == pytest.approx(wilson_interval(3, 4))
+    assert table.loc["shape", "accuracy"] == 0.0 and table.loc["count", "accuracy"] == 1.0
+    with pytest.raises(ValueError, match="binding"):
+        skill_scores(pd.DataFrame(rows).drop(columns="binding"))

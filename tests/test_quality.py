@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import TINY_CONFIG, make_tiny_checkpoint
-from t2ilab import features, quality, shapes
+from t2ilab import features, judge, quality, shapes
 from t2ilab.config import CATEGORIES, ConfigError, load_config
 from t2ilab.data import load_dataset
 from t2ilab.pipeline import load_pipeline
@@ -67,6 +67,9 @@ def test_scores_have_every_category_overall_and_ceiling_and_intervals_shrink_wit
     assert large["ceiling"].notna().all() and "ceiling_n" in large
     width = lambda df: (df["ci_high"] - df["ci_low"]).to_numpy()  # noqa: E731
     assert (width(large) < width(small)).all()
+    skills = pd.DataFrame(large.attrs["skills"]).set_index("skill")
+    assert list(skills.index) == list(judge.SKILLS) and (skills["n"] > 0).all()
+    assert (skills["ci_low"] <= skills["accuracy"]).all() and (skills["accuracy"] <= skills["ci_high"]).all()
 
 
 def test_sweep_scores_and_times_every_cell(tiny_checkpoint):
@@ -221,6 +224,8 @@ def test_review_checkpoint_returns_a_json_serialisable_review(trained_run, data_
         assert key in review, key
     assert review["epoch"] == 4 and review["n_per_category"] == 2 and len(review["sweep"]) == 4
     assert len(review["scores"]) == len(CATEGORIES) + 1 and 0 <= review["overall"] <= 1
+    assert [row["skill"] for row in review["skills"]] == list(judge.SKILLS)
+    assert all(row["n"] > 0 and row["ci_low"] <= row["accuracy"] <= row["ci_high"] for row in review["skills"])
     assert review["kid"]["n_a"] == 16 and review["fd"] is None and "feature dimensions" in review["distance"]["fd_note"]
     assert review["memorization"]["n_generated"] == 16 and "ratios" not in review["memorization"]
     assert review["guide_claims"]["steps"]["verdict"] == "not measured"  # no 50/100-step cells in this sweep

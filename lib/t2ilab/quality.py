@@ -114,10 +114,17 @@ def ceiling_scores(resolution: int, n_per_category: int = 200) -> pd.DataFrame:
 def score_checkpoint(checkpoint, n_per_category: int = 200, scheduler: str = "dpmsolver++", steps: int = 25,
                      guidance: float = 3.0, weights: str = "ema", seed: int = 0, batch_size: int = 64,
                      ceiling_n: int = 200) -> pd.DataFrame:
-    """judge.category_scores of generated images (n, accuracy, Wilson 95% CI per category and overall) + ceiling."""
+    """judge.category_scores of generated images (n, accuracy, Wilson 95% CI per category and overall) + ceiling.
+
+    The skills, each judged on its own, ride along as records: `pd.DataFrame(scores.attrs["skills"])` is
+    judge.skill_scores of the same images (skill, n, accuracy, ci_low, ci_high).
+    """
     pipe = as_pipeline(checkpoint, weights)
     images, specs = generate_for_judging(pipe, n_per_category, CATEGORIES, seed, scheduler, steps, guidance, batch_size)
-    scores = judge.category_scores(judge.judge_images(images, specs))
+    judged = judge.judge_images(images, specs)
+    scores = judge.category_scores(judged)
+    # Records, not a frame: pandas compares attrs when concatenating, which a DataFrame value cannot take.
+    scores.attrs["skills"] = judge.skill_scores(judged).to_dict(orient="records")
     ceiling = ceiling_scores(pipe.unet.config.sample_size, ceiling_n).set_index("category")["accuracy"]
     scores["ceiling"] = scores["category"].map(ceiling)
     scores["ceiling_n"] = ceiling_n
@@ -388,14 +395,15 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
     pipe = load_pipeline(path, "ema", device=device)
     out: dict = {"checkpoint": str(path), "epoch": pipe.manifest.get("epoch"), "global_step": pipe.manifest.get("global_step"),
                  "weights": pipe.weights, "sampling": sampling, "n_per_category": n, "seed": seed, "quick": quick,
-                 "scores": None, "overall": None, "overall_ci": None, "ceiling": None, "sweep": None,
+                 "scores": None, "skills": None, "overall": None, "overall_ci": None, "ceiling": None, "sweep": None,
                  "best_settings": None, "best_sampler_overall": None, "guide_claims": None, "prompts": None}
     judged = cfg.data.source == "shapes"  # the judge reads shapes images; folder data gets distances only
     if judged:
         tick = time.perf_counter()
         scores = score_checkpoint(pipe, n, seed=seed, batch_size=batch_size, **sampling)
         overall = scores.set_index("category").loc["overall"]
-        out.update(scores=scores.to_dict(orient="records"), overall=overall["accuracy"], ceiling=overall["ceiling"],
+        out.update(scores=scores.to_dict(orient="records"), skills=scores.attrs["skills"],
+                   overall=overall["accuracy"], ceiling=overall["ceiling"],
                    overall_ci=[overall["ci_low"], overall["ci_high"]])
         timings["scores"] = time.perf_counter() - tick
         if previous is not None:
