@@ -238,3 +238,14 @@ def test_main_prints_verdict_and_plots(tmp_path, capsys):
 def test_main_on_missing_dir_returns_2(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cli_diagnose_command_prints_verdict_and_rejects_a_missing_dir(tmp_path, capsys):
+    from t2ilab import cli
+
+    write(tmp_path, records(decaying(40)))
+    assert cli.main(["diagnose", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: still_improving" in out and "recommendation: continue training" in out
+    assert cli.main(["diagnose", str(tmp_path / "nope")]) == 2
+    assert "no metrics log" in capsys.readouterr().err

@@ -14,6 +14,7 @@ COMMANDS = {
     "preview": ("t2ilab.data", "render a preview grid of the configured data set"),
     "report": ("t2ilab.reports", "execute the report notebooks for a run's milestones"),
     "demo": ("t2ilab.demo", "the whole story on the embedded shapes set (make demo)"),
+    "diagnose": ("t2ilab.diagnose", "verdict, evidence and next step from a run's loss log (t2ilab diagnose OUTPUT_DIR)"),
 }
 
 
