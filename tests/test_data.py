@@ -76,14 +76,48 @@ def test_split_is_disjoint_covers_everything_and_val_is_never_empty(n, val_fract
     assert train.dtype == np.int64 and val.dtype == np.int64
     assert not set(train) & set(val)
     assert sorted([*train, *val]) == list(range(n))
-    expected_val = 0 if val_fraction == 0 or n < 2 else max(1, round(n * val_fraction))
-    assert len(val) == expected_val and len(train) >= 1
+    # The count is binomial now (each sample's side is its own hash), at least 1 when there is anything to hold out.
+    if val_fraction == 0 or n < 2:
+        assert len(val) == 0
+    else:
+        assert len(val) >= 1 and len(train) >= 1
+        assert abs(len(val) - n * val_fraction) <= max(1, 4 * (n * val_fraction * (1 - val_fraction)) ** 0.5)
     again_train, again_val = split_indices(n, val_fraction, seed=3)
     assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
 
 
 def test_split_depends_on_the_seed():
     assert not np.array_equal(split_indices(100, 0.2, seed=0)[1], split_indices(100, 0.2, seed=1)[1])
+
+
+def test_growing_shapes_500_to_1000_puts_no_trained_image_into_validation(tmp_path):
+    small = load_dataset(shapes_cfg(tmp_path, num_samples=500, val_fraction=0.1))
+    big = load_dataset(shapes_cfg(tmp_path, num_samples=1000, val_fraction=0.1))
+    trained = {small.images[i].numpy().tobytes() for i in small.train_idx}
+    held_big = {big.images[i].numpy().tobytes() for i in big.val_idx}
+    assert len(trained) > 400 and not trained & held_big  # compared by image content, not by index
+    assert {small.images[i].numpy().tobytes() for i in small.val_idx} <= held_big
+    line = data.split_change(data.dataset_ids(small_cfg := shapes_cfg(tmp_path, num_samples=500), small.fingerprint),
+                             big, 0.1, small_cfg.seed)
+    added_val = len(big.val_idx) - len(small.val_idx)
+    assert line.startswith(f"data split: +500 images ({500 - added_val} to train, {added_val} to val), -0")
+
+
+def test_growing_a_folder_puts_no_trained_image_into_validation(tmp_path):
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        save_image(root / f"img{i:03d}.png", Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)), caption=f"photo {i}")
+    small = load_dataset(folder_cfg(root, tmp_path, val_fraction=0.2))
+    for i in range(60, 120):
+        save_image(root / f"a{i:03d}.png", Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)), caption=f"photo {i}")
+    big = load_dataset(folder_cfg(root, tmp_path, val_fraction=0.2))
+    assert big.fingerprint != small.fingerprint and len(big) == 120
+    trained = {small.images[i].numpy().tobytes() for i in small.train_idx}
+    assert not trained & {big.images[i].numpy().tobytes() for i in big.val_idx}
+    old_ids = data.dataset_ids(folder_cfg(root, tmp_path, val_fraction=0.2), small.fingerprint)
+    assert old_ids == small.ids
+    assert data.split_change(old_ids, big, 0.2, 0).startswith("data split: +60 images (")
 
 
 def test_to_model_range_maps_uint8_to_minus_one_one():
@@ -324,7 +358,8 @@ def test_preview_command_writes_png_and_reports(tmp_path, capsys, render_calls):
     out = capsys.readouterr().out
     png = tmp_path / "out" / "data_preview.png"
     assert png.is_file() and Image.open(png).size[0] > 0
-    assert str(png) in out and "56 train / 8 val" in out and "cache miss" in out
+    # 4 of 64 held out at val_fraction 0.125: the count is binomial since the split became a hash per sample
+    assert str(png) in out and "60 train / 4 val" in out and "cache miss" in out
     assert data.main(args + ["--out", str(tmp_path / "p.png")]) == 0
     assert "cache hit" in capsys.readouterr().out and (tmp_path / "p.png").is_file()
     assert len(render_calls) == 1

@@ -1,5 +1,6 @@
 """The training data: rendered shapes (t2ilab.shapes) or your own image folder, decoded once into a uint8
-tensor with captions, a deterministic train/val split and an on-disk cache keyed by a fingerprint.
+tensor with captions, a stable train/val split (a hash per sample, so growing the data set never moves a trained
+image into validation) and an on-disk cache keyed by a fingerprint.
 `t2ilab preview` draws a captioned grid of it.
 """
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from t2ilab.config import ConfigError, DataConfig, load_config
 
-FORMAT_VERSION = 1  # bump when rendering, decoding or the cache layout changes: old caches are then ignored
+FORMAT_VERSION = 2  # bump when rendering, decoding or the cache layout changes: old caches are then ignored
 IMAGES_FILE = "images.safetensors"
 META_FILE = "meta.json"
 
@@ -45,6 +46,7 @@ class ImageCaptionSet:
     train_idx: np.ndarray  # int64 indices, disjoint from val_idx
     val_idx: np.ndarray  # held out: never enters training
     fingerprint: str  # hash of everything that determines the content
+    ids: list[str]  # each sample's identity, which decides its split: its index (shapes) or file name (folder)
     source: str  # "shapes" | "folder"
     skipped: dict[str, int]  # folder source: counts of skipped files by reason
     from_cache: bool = False  # True when read from data.cache_dir instead of rendered/decoded
@@ -71,7 +73,7 @@ def load_dataset(data_cfg: DataConfig) -> ImageCaptionSet:
     images, meta = content
     if meta.get("summary"):
         warnings.warn(meta["summary"], DataWarning, stacklevel=2)
-    train_idx, val_idx = split_indices(len(meta["captions"]), data_cfg.val_fraction, data_cfg.seed)
+    train_idx, val_idx = split_ids(meta["ids"], data_cfg.val_fraction, data_cfg.seed)
     return ImageCaptionSet(
         images=images,
         captions=meta["captions"],
@@ -79,6 +81,7 @@ def load_dataset(data_cfg: DataConfig) -> ImageCaptionSet:
         train_idx=train_idx,
         val_idx=val_idx,
         fingerprint=fingerprint,
+        ids=meta["ids"],
         source=meta["source"],
         skipped=meta["skipped"],
         from_cache=from_cache,
@@ -86,14 +89,66 @@ def load_dataset(data_cfg: DataConfig) -> ImageCaptionSet:
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) sorted int64 indices from the data seed; val has round(n * val_fraction), at least 1."""
-    if n < 0 or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"split_indices needs n >= 0 and 0 <= val_fraction < 1, got {n=}, {val_fraction=}")
-    n_val = round(n * val_fraction)
-    if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)  # a validation loss needs an image; training needs one too
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[n_val:]).astype(np.int64), np.sort(order[:n_val]).astype(np.int64)
+    """(train, val) sorted int64 indices for samples identified by their index 0..n-1 (the shapes data set)."""
+    return split_ids([str(i) for i in range(n)], val_fraction, seed)
+
+
+def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) sorted int64 indices: a sample is held out when hash(seed, its id) < val_fraction."""
+    # Each sample's side depends only on (seed, id), never on how many others there are: growing or shrinking the
+    # data set moves no image across the split. A permutation of all n (the old rule) moved ~half of them.
+    n = len(ids)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"split_ids needs 0 <= val_fraction < 1, got {val_fraction=}")
+    u = split_hash(ids, seed)
+    is_val = u < val_fraction
+    if val_fraction > 0 and n >= 2 and not is_val.any():
+        # Tiny sets only: a validation loss needs an image; the one with the smallest hash is as stable as it gets.
+        is_val[np.argmin(u)] = True
+    if n >= 2 and is_val.all():
+        is_val[np.argmax(u)] = False  # training needs one too
+    index = np.arange(n, dtype=np.int64)
+    return index[~is_val], index[is_val]
+
+
+def split_hash(ids: list[str], seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per id, from sha256 of (seed, id): the quantity the split compares."""
+    values = [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") for i in ids]
+    return np.asarray(values, dtype=np.float64) / 2.0**64
+
+
+def dataset_ids(data_cfg: DataConfig, fingerprint: str) -> list[str] | None:
+    """The sample ids of the data set a checkpoint was trained on (its data config and fingerprint), or None."""
+    if data_cfg.source == "shapes":
+        return [str(i) for i in range(data_cfg.num_samples)]
+    try:  # a folder's ids are in its data cache, if that is still there
+        meta = json.loads((Path(data_cfg.cache_dir) / fingerprint / META_FILE).read_text(encoding="utf-8"))
+        return list(meta["ids"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def split_change(old_ids: list[str] | None, new: ImageCaptionSet, val_fraction: float, seed: int) -> str:
+    """One line for the resume plan: how many images were added or removed and on which side they went."""
+    if old_ids is None:
+        return (f"data split: {len(new.train_idx)} train / {len(new.val_idx)} val; the previous data set's file list "
+                f"is not in the data cache, so which images are new is not known (each image's side is fixed by "
+                f"its name, so no image changed side)")
+    old_set, new_pos = set(old_ids), {name: i for i, name in enumerate(new.ids)}
+    val = set(new.val_idx.tolist())
+    added = [i for name, i in new_pos.items() if name not in old_set]
+    added_val = sum(1 for i in added if i in val)
+    removed = [name for name in old_ids if name not in new_pos]
+    _, old_val = split_ids(list(old_ids), val_fraction, seed)
+    old_val_ids = {old_ids[i] for i in old_val}
+    removed_val = sum(1 for name in removed if name in old_val_ids)
+    moved = sum(1 for name, i in new_pos.items() if name in old_set and (i in val) != (name in old_val_ids))
+    line = (f"data split: +{len(added)} images ({len(added) - added_val} to train, {added_val} to val), "
+            f"-{len(removed)} ({len(removed) - removed_val} from train, {removed_val} from val); now "
+            f"{len(new.train_idx)} train / {len(new.val_idx)} val")
+    if moved:
+        line += f"; {moved} kept images changed side (data.seed or data.val_fraction changed)"
+    return line
 
 
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -134,7 +189,8 @@ def _build(data_cfg: DataConfig, listing: list[tuple[str, int, int]] | None) -> 
         assert pixels.shape == (n, res, res, 3) and pixels.dtype == np.uint8, (
             f"render_shapes_dataset returned {pixels.dtype} {pixels.shape}, expected uint8 {(n, res, res, 3)}"
         )
-        meta = {"source": "shapes", "captions": list(captions), "specs": list(specs), "skipped": {}, "summary": None}
+        meta = {"source": "shapes", "captions": list(captions), "specs": list(specs), "skipped": {}, "summary": None,
+                "ids": [str(i) for i in range(n)]}
     else:
         from t2ilab import folder
 
@@ -143,6 +199,7 @@ def _build(data_cfg: DataConfig, listing: list[tuple[str, int, int]] | None) -> 
         meta = {
             "source": "folder",
             "captions": found.captions,
+            "ids": found.names,
             "specs": [None] * len(found.captions),
             "skipped": found.skipped,
             "summary": found.summary,
@@ -165,7 +222,7 @@ def _read_cache(cache: Path, fingerprint: str) -> tuple[torch.Tensor, dict] | No
         n = len(meta["captions"])
         if meta["format_version"] != FORMAT_VERSION or meta["fingerprint"] != fingerprint:
             raise ValueError("written by another version")
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[:2] != (n, 3) or len(meta["specs"]) != n:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[:2] != (n, 3) or len(meta["specs"]) != n or len(meta["ids"]) != n:
             raise ValueError(f"images {tuple(images.shape)} do not match {n} captions")
         if _checksum(images) != meta["images_sha256"]:
             raise ValueError("image bytes do not match their checksum")

@@ -45,6 +45,7 @@ Listing = list[tuple[str, int, int]]
 class FolderData:
     images: np.ndarray  # uint8 (N, H, W, 3)
     captions: list[str]
+    names: list[str]  # each image's path relative to the folder (POSIX): its identity for the train/val split
     skipped: dict[str, int]  # reason -> count
     summary: str | None  # the one warning to show, or None when nothing was skipped
 
@@ -109,6 +110,7 @@ def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) 
 
     out = np.empty((min(len(candidates), num_samples), resolution, resolution, 3), dtype=np.uint8)
     captions: list[str] = []
+    names: list[str] = []
     for rel, caption in candidates:
         if len(captions) == num_samples:
             break
@@ -118,6 +120,7 @@ def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) 
             continue
         out[len(captions)] = pixels
         captions.append(caption)
+        names.append(rel)
 
     if not captions:
         found = ", ".join(_describe(reason, names) for reason, names in skipped.items()) or "nothing"
@@ -134,7 +137,7 @@ def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) 
             + ", ".join(_describe(reason, names) for reason, names in skipped.items())
         )
     counts = {reason: len(names) for reason, names in skipped.items()}
-    return FolderData(out[: len(captions)], captions, counts, summary)
+    return FolderData(out[: len(captions)], captions, names, counts, summary)
 
 
 def decode_image(path: Path, resolution: int) -> tuple[np.ndarray | None, str | None]:

@@ -45,7 +45,7 @@ from t2ilab.checkpoint import (
 )
 from t2ilab.cli import caller_overrides, caller_path, launcher_processes
 from t2ilab.config import Config, ConfigError, load_config
-from t2ilab.data import load_dataset, to_model_range
+from t2ilab.data import dataset_ids, load_dataset, split_change, to_model_range
 from t2ilab.losses import diffusion_target, loss_weights, stratified_timesteps
 from t2ilab.model import build_noise_scheduler, build_unet
 from t2ilab.resume import ResumePlan, build_lr_scheduler, fresh_segment, plan_resume
@@ -174,8 +174,12 @@ class Trainer:
                 ckpt, state, old_cfg, cfg, self.ds.fingerprint, self.steps_per_epoch, current_lr, self.world
             )
             _load_weights(self.unet, ckpt / "unet", "UNet")
+            # Resuming onto a grown or shrunk data set: say where the new images went (issue 14).
+            old_fingerprint = state.get("data_fingerprint")
+            self.split_line = None if old_fingerprint == self.ds.fingerprint else split_change(
+                dataset_ids(old_cfg.data, old_fingerprint), self.ds, cfg.data.val_fraction, cfg.data.seed)
         else:
-            self.plan, state = None, {}
+            self.plan, state, self.split_line = None, {}, None
         self.ema = None
         if t.use_ema:
             self.ema = EMAModel(
@@ -293,6 +297,8 @@ class Trainer:
         if self.plan is not None:
             for line in self.plan.render().splitlines():
                 self.log.info(line)
+        if self.split_line:
+            self.log.info(self.split_line)
 
     def _share_cpu(self) -> None:
         """One torch thread while a background report runs on a CPU-only machine, all of them again after.
