@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import re
 import shutil
@@ -110,7 +111,36 @@ def broken_checkpoint(tmp, run, how):
         (ckpt / "manifest.json").unlink()
     elif how == "pickle":
         (ckpt / "training_state" / "optimizer.pt").write_bytes(pickle.dumps(Evil(str(tmp / "PWNED"))))
+    elif how == "truncated_unet":
+        (f,) = (ckpt / "unet").glob("*.safetensors")
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif how == "pickled_text_encoder":
+        for f in (ckpt / "text_encoder").glob("*.safetensors"):
+            f.unlink()
+        (ckpt / "text_encoder" / "pytorch_model.bin").write_bytes(pickle.dumps(Evil(str(tmp / "PWNED"))))
     return str(ckpt)
+
+
+def fifo(tmp: Path, name: str = "fifo") -> str:
+    """A named pipe: reading it would block forever."""
+    path = tmp / name
+    os.mkfifo(path)
+    return str(path)
+
+
+def diffusers_folder(tmp: Path) -> str:
+    """What another trainer leaves: diffusers parts, no t2ilab manifest or config."""
+    d = tmp / "other-trainer"
+    (d / "unet").mkdir(parents=True)
+    (d / "unet" / "config.json").write_text("{}")
+    (d / "model_index.json").write_text("{}")
+    return str(d)
+
+
+def a_file(tmp: Path) -> Path:
+    path = tmp / "a-file"
+    path.write_text("keep me")
+    return path
 
 
 def resume_copy_args(tmp, run, how, *extra):
@@ -162,6 +192,47 @@ CASES = [
     # report parameters
     ("report-unknown-milestone", lambda t, r: ["report", "--run", str(r / "run"), "--milestones", "99", "--reports-dir", str(t / "reports")], 2, r"99.*available.*2"),
     ("sample-unknown-scheduler", lambda t, r: sample_args(t, r, "--prompt", "a red circle", "--scheduler", "plms"), 2, r"ddim"),
+    # YAML: duplicate keys and aliases, in files and in --set
+    ("yaml-duplicate-section", lambda t, r: ["train", "--config", write_yaml(t, "training:\n  batch_size: 4\ntraining:\n  batch_size: 8\n")], 2, r"line 3: .*duplicate key 'training'"),
+    ("yaml-alias-in-file", lambda t, r: ["train", "--config", write_yaml(t, "a: &x [1, 2]\nreports:\n  milestones: *x\n")], 2, r"alias \*x is not allowed"),
+    ("yaml-alias-in-set", lambda t, r: train_args(t, r, "--set", "reports.milestones=[&a 1, *a]"), 2, r"--set .*alias \*a is not allowed"),
+    # strict types: numbers as strings or booleans
+    ("type-number-as-string", lambda t, r: train_args(t, r, "--set", 'training.num_epochs="3"'), 2, r"training\.num_epochs = '3' is not allowed: input should be a valid integer"),
+    ("type-number-as-bool", lambda t, r: train_args(t, r, "--set", "training.batch_size=true"), 2, r"training\.batch_size = True is not allowed"),
+    ("type-float-as-bool", lambda t, r: train_args(t, r, "--set", "training.learning_rate=false"), 2, r"training\.learning_rate = False is not allowed"),
+    # finite floats
+    ("finite-lr-nan", lambda t, r: train_args(t, r, "--set", "training.learning_rate=.nan"), 2, r"training\.learning_rate = nan .*finite number"),
+    ("finite-snr-inf", lambda t, r: train_args(t, r, "--set", "training.snr_gamma=.inf"), 2, r"training\.snr_gamma = inf .*finite number"),
+    ("finite-guidance-nan", lambda t, r: sample_args(t, r, "--prompt", "x", "--guidance_scale", "nan"), 2, r"--guidance_scale must be a finite number"),
+    ("finite-guidance-inf", lambda t, r: sample_args(t, r, "--prompt", "x", "--guidance_scale", "inf"), 2, r"--guidance_scale must be a finite number"),
+    # upper bounds on sizes, counts, steps and seeds (what could hang or exhaust memory)
+    ("bound-seed-2**70", lambda t, r: train_args(t, r, "--set", f"training.seed={2**70}"), 2, r"training\.seed = \d+ .*less than or equal to 4294967295"),
+    ("bound-sample-seed-2**70", lambda t, r: sample_args(t, r, "--prompt", "x", "--seed", str(2**70)), 2, r"--seed \d+ is above the limit"),
+    ("bound-sample-seed-negative", lambda t, r: sample_args(t, r, "--prompt", "x", "--seed", "-1"), 2, r"--seed must be from 0"),
+    ("bound-sample-steps-100000", lambda t, r: sample_args(t, r, "--prompt", "x", "--num_inference_steps", "100000"), 2, r"--num_inference_steps 100000 is above the limit of 1000"),
+    ("bound-sample-images-50000", lambda t, r: sample_args(t, r, "--prompt", "x", "--num_images", "50000", "--batch-size", "50000"), 2, r"--num_images 50000 is above the limit"),
+    ("bound-sample-batch", lambda t, r: sample_args(t, r, "--prompt", "x", "--batch-size", "50000"), 2, r"--batch-size 50000 is above the limit of 256"),
+    ("bound-prompt-10MB", lambda t, r: sample_args(t, r, "--prompt", "a" * 200_000), 2, r"a prompt has 200000 characters; at most 100000"),
+    ("bound-val-batches", lambda t, r: train_args(t, r, "--set", "training.val_batches=1000000"), 2, r"training\.val_batches = 1000000 .*less than or equal to 1000"),
+    ("bound-block-channels", lambda t, r: train_args(t, r, "--set", "model.block_out_channels=[16, 100000]"), 2, r"model\.block_out_channels\.1"),
+    ("bound-stop-at-epoch-0", lambda t, r: train_args(t, r, "--stop-at-epoch", "0"), 2, r"--stop-at-epoch must be from 1"),
+    ("bound-max-steps-0", lambda t, r: train_args(t, r, "--max-steps", "0"), 2, r"--max-steps must be from 1"),
+    ("bound-val-fraction-0", lambda t, r: train_args(t, r, "--set", "data.val_fraction=0"), 2, r"data\.val_fraction=0\.0 leaves no validation images"),
+    # output_dir
+    ("output-dir-root", lambda t, r: train_args(t, r, "--set", "output_dir=/"), 2, r"output_dir='/' is /; give a folder of its own"),
+    ("output-dir-is-a-file", lambda t, r: [*train_args(t, r), "--set", f"output_dir={a_file(t)}"], 2, r"output_dir=.*a-file is a file, not a folder"),
+    ("sample-output-is-a-file", lambda t, r: [*sample_args(t, r, "--prompt", "x"), "--output", str(a_file(t))], 2, r"is a file, not a folder"),
+    # not a regular file where one is expected
+    ("file-config-fifo", lambda t, r: ["train", "--config", fifo(t)], 2, r"config .*fifo is not a regular file"),
+    ("file-config-dir", lambda t, r: ["train", "--config", str(t)], 2, r"is not a regular file"),
+    ("file-config-device", lambda t, r: ["train", "--config", "/dev/zero"], 2, r"/dev/zero is not a regular file"),
+    ("file-prompts-fifo", lambda t, r: sample_args(t, r, "--prompts-file", fifo(t)), 2, r"--prompts-file .*fifo is not a regular file"),
+    ("file-prompts-device", lambda t, r: sample_args(t, r, "--prompts-file", "/dev/zero"), 2, r"/dev/zero is not a regular file"),
+    # checkpoints: the guide's spelling, other trainers' folders, damaged files found while resuming
+    ("checkpoint-unpadded-name", lambda t, r: sample_args(t, r, "--prompt", "a red circle", checkpoint=str(r / "run" / "checkpoint-epoch-2")), 0, r"wrote 1 images"),
+    ("checkpoint-not-t2ilab", lambda t, r: sample_args(t, r, "--prompt", "x", checkpoint=diffusers_folder(t)), 2, r"is not a t2ilab checkpoint.*diffusers"),
+    ("checkpoint-truncated-safetensors-resume", lambda t, r: resume_copy_args(t, r, "truncated_unet"), 2, r"cannot load the UNet from .*unet"),
+    ("checkpoint-pickled-text-encoder-resume", lambda t, r: resume_copy_args(t, r, "pickled_text_encoder"), 2, r"cannot load the text encoder"),
 ]
 
 
@@ -202,5 +273,5 @@ class _warnings_shown:
 
 def test_the_table_covers_every_kind_of_input():
     kinds = {c[0].split("-")[0] for c in CASES}
-    assert {"yaml", "unknown", "folder", "checkpoint", "prompt", "sample", "report"} <= kinds
+    assert {"yaml", "unknown", "folder", "checkpoint", "prompt", "sample", "report", "type", "finite", "bound", "output", "file"} <= kinds
     assert len({c[0] for c in CASES}) == len(CASES), "case ids must be unique"

@@ -74,3 +74,53 @@ def test_long_run_keeps_disk_bounded_and_every_milestone(tiny_config):
     sizes = [sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p, _ in list_checkpoints(cfg.output_dir)]
     total = sum(f.stat().st_size for f in Path(cfg.output_dir).rglob("*") if f.is_file() and "checkpoint" in str(f))
     assert total <= 4 * max(sizes) * 1.01
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_sampling_exits_cleanly_and_keeps_complete_images(tmp_path):
+    import json
+    import shutil
+
+    from helpers import make_tiny_checkpoint
+    from PIL import Image
+
+    ckpt = make_tiny_checkpoint(tmp_path / "run")
+    out = tmp_path / "samples"
+    cmd = [sys.executable, "-m", "t2ilab", "sample", "--checkpoint", str(ckpt), "--prompt", "a red circle", "--num_images",
+           "400", "--batch-size", "1", "--num_inference_steps", "20", "--device", "cpu", "--output", str(out)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while len(list(out.glob("*.json"))) < 2:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted:" in err and "Traceback" not in err
+    pngs = sorted(out.glob("*.png"))
+    assert pngs and not (out / "grid.png").exists() and not list(out.glob(".*"))
+    for png in pngs:  # every image written is whole, with its sidecar
+        Image.open(png).load()
+        assert json.loads(png.with_suffix(".json").read_text())["image"] == png.name
+    shutil.rmtree(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_output_dir_deleted_mid_run_is_a_clear_error(tiny_config):
+    import shutil
+
+    cfg = tiny_config("training.num_epochs=400")
+    out = Path(cfg.output_dir)
+    cmd = [sys.executable, "-m", "t2ilab", "train", "--config", str(REPO_ROOT / "configs/tiny.yaml"), "--progress", "none",
+           "--set", f"output_dir={out}", "--set", f"data.cache_dir={cfg.data.cache_dir}", "--set", "training.num_epochs=400"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    shutil.rmtree(out, ignore_errors=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert "error:" in err and "Traceback" not in err

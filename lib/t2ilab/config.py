@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,9 +22,11 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # extra="forbid": an unknown key is an error, never silently ignored (nanoGPT's configurator does the same).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: "3" or true is not a number; allow_inf_nan=False: every float is finite.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
+SEED_MAX = 2**32 - 1  # seeds feed numpy and torch generators (seed * 1_000_003 + step must stay below 2**64)
 CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
 
 
@@ -32,12 +35,12 @@ class DataConfig(_Section):
     path: str | None = None  # folder source: directory with images and metadata.jsonl or <image>.txt captions
     num_samples: int = Field(5000, ge=1, le=1_000_000)  # shapes: images to render; folder: upper bound
     resolution: int = Field(32, ge=16, le=128)  # square side in pixels (pixel-space diffusion)
-    seed: int = Field(0, ge=0)  # shapes rendering and the train/val split derive from this
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # shapes rendering and the train/val split derive from this
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)  # held out, never trained on; used for validation loss
     category_mix: dict[str, float] = Field(  # relative weight of each GenEval-style caption category
         default_factory=lambda: {c: 1.0 for c in CATEGORIES}
     )
-    cache_dir: str = ".t2ilab_cache"  # rendered/decoded data sets are cached here by fingerprint
+    cache_dir: str = Field(".t2ilab_cache", min_length=1)  # rendered/decoded data sets are cached here by fingerprint
 
     @field_validator("category_mix")
     @classmethod
@@ -57,16 +60,16 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])  # UNet width per level
+    block_out_channels: list[Annotated[int, Field(ge=1, le=2048)]] = Field(default_factory=lambda: [32, 64, 64], min_length=1, max_length=6)  # UNet width per level
     layers_per_block: int = Field(1, ge=1, le=4)  # resnet blocks per UNet level
     attention_levels: list[bool] = Field(default_factory=lambda: [False, True, True])  # cross-attention per level
-    attention_head_dim: int = Field(8, ge=1)  # channels per attention head
+    attention_head_dim: int = Field(8, ge=1, le=512)  # channels per attention head
     pooled_text_embedding: bool = False  # also add an attention-pooled caption vector to the timestep embedding
-    norm_num_groups: int = Field(8, ge=1)  # GroupNorm groups; must divide every block width
+    norm_num_groups: int = Field(8, ge=1, le=512)  # GroupNorm groups; must divide every block width
     text_encoder: str = "scratch"  # "scratch": a small CLIPTextModel trained with the UNet; or a folder/hub id (frozen)
-    text_hidden_size: int = Field(64, ge=8)  # scratch text encoder width (= cross-attention dim)
+    text_hidden_size: int = Field(64, ge=8, le=4096)  # scratch text encoder width (= cross-attention dim)
     text_layers: int = Field(2, ge=1, le=12)  # scratch text encoder depth
-    text_heads: int = Field(4, ge=1)  # scratch text encoder attention heads
+    text_heads: int = Field(4, ge=1, le=64)  # scratch text encoder attention heads
     max_caption_tokens: int = Field(24, ge=4, le=512)  # longer prompts are truncated (with a warning)
 
     @model_validator(mode="after")
@@ -104,8 +107,8 @@ class TrainingConfig(_Section):
     batch_size: int = Field(96, ge=1, le=65536)  # global batch per optimizer step (all processes together)
     learning_rate: float = Field(1e-4, gt=0, le=1.0)  # peak AdamW learning rate
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"  # diffusers get_scheduler
-    lr_warmup_steps: int = Field(0, ge=0)  # linear warm-up steps
-    gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
+    lr_warmup_steps: int = Field(0, ge=0, le=10_000_000)  # linear warm-up steps
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)  # micro-batches per optimizer step
     max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
@@ -119,41 +122,49 @@ class TrainingConfig(_Section):
     caption_dropout: float = Field(0.1, ge=0, le=1)  # share of captions replaced by "" (for classifier-free guidance)
     offset_noise: float = Field(0.0, ge=0, le=1)  # https://www.crosslabs.org/blog/diffusion-with-offset-noise
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    seed: int = Field(0, ge=0)  # noise, timesteps, caption dropout and data order derive from this
-    checkpoint_every_n_epochs: int = Field(10, ge=1)  # plus one at the end of training
-    checkpoints_total_limit: int | None = Field(None, ge=1)  # rolling checkpoints kept besides milestones (never deleted)
-    log_every_n_steps: int = Field(10, ge=1)  # one line in train.log per interval
-    val_batches: int = Field(4, ge=1)  # validation batches per epoch (fixed noise and stratified timesteps)
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # noise, timesteps, caption dropout and data order derive from this
+    checkpoint_every_n_epochs: int = Field(10, ge=1, le=100_000)  # plus one at the end of training
+    checkpoints_total_limit: int | None = Field(None, ge=1, le=100_000)  # rolling checkpoints kept besides milestones (never deleted)
+    log_every_n_steps: int = Field(10, ge=1, le=10_000_000)  # one line in train.log per interval
+    val_batches: int = Field(4, ge=1, le=1000)  # validation batches per epoch (fixed noise and stratified timesteps)
     loss_bins: int = Field(10, ge=1, le=100)  # timestep bins for per-bin loss
     tensorboard: bool = False  # also log through accelerate's TensorBoard tracker
-    min_free_disk_mb: int = Field(200, ge=0)  # refuse to write a checkpoint with less free space
+    min_free_disk_mb: int = Field(200, ge=0, le=10**9)  # refuse to write a checkpoint with less free space
 
 
 class ReportsConfig(_Section):
     milestones: list[int] = Field(default_factory=list)  # epochs that get a checkpoint kept forever and reports
-    every_n_epochs: int | None = Field(None, ge=1)  # also every N epochs
+    every_n_epochs: int | None = Field(None, ge=1, le=100_000)  # also every N epochs
     on_milestone: bool = False  # start reports in a separate process when a milestone checkpoint lands
     notebooks: list[str] = Field(default_factory=lambda: ["loss_diagnosis", "quality_review"])  # which reports
     review_prompts: str = "configs/review_prompts.yaml"  # fixed prompts and seeds for grids
-    images_per_category: int = Field(200, ge=1)  # judge score sample size per category
+    images_per_category: int = Field(200, ge=1, le=10_000)  # judge score sample size per category
     reports_dir: str = "reports"  # reports/<run>/epoch-NNNN/
 
     @field_validator("milestones")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
-        if any(m < 1 for m in v):
-            raise ValueError("milestones are epoch numbers >= 1")
+        if any(m < 1 or m > 100_000 for m in v):
+            raise ValueError("milestones are epoch numbers from 1 to 100000")
         return sorted(set(v))
 
 
 class SamplingConfig(_Section):
     scheduler: str = "dpmsolver++"  # default sampler for previews and reports
     num_inference_steps: int = Field(25, ge=1, le=1000)
-    guidance_scale: float = Field(3.0, ge=0)
+    guidance_scale: float = Field(3.0, ge=0, le=50)
 
 
 class Config(_Section):
-    output_dir: str = "./outputs"  # checkpoints, train.log and metrics.jsonl go here
+    output_dir: str = Field("./outputs", min_length=1)  # checkpoints, train.log and metrics.jsonl go here
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_a_system_folder(cls, v: str) -> str:
+        resolved = Path(v).expanduser().resolve()
+        if resolved == Path(resolved.anchor) or resolved == Path.home():
+            raise ValueError(f"output_dir={v!r} is {resolved}; give a folder of its own, e.g. ./outputs/my-run")
+        return v
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
@@ -179,6 +190,40 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys and aliases (an alias can expand to gigabytes; a duplicate hides a value)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"YAML alias *{event.anchor} is not allowed in t2ilab configs; write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: a second value would silently replace the first",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 floats without a dot (5e-5, 1e3): plain PyYAML (YAML 1.1) reads them as strings, which strict types refuse.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def strict_yaml(text: str) -> Any:
+    """Parse YAML like yaml.safe_load, refusing duplicate keys and aliases."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'training.num_epochs=300' -> (['training', 'num_epochs'], 300); the value is parsed as YAML."""
     if "=" not in text:
@@ -187,8 +232,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
+    if len(raw) > 10_000:
+        raise ConfigError(f"--set {key}=...: the value is {len(raw)} characters; at most 10000")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = strict_yaml(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"--set {text[:80]!r}: {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -253,10 +302,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with errors that name the file and line."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file not found: {p} (pass --config configs/demo.yaml or another YAML file)")
+    if not p.is_file():
+        raise ConfigError(f"config {p} is not a regular file (a folder, FIFO or device); pass a YAML file")
+    if p.stat().st_size > 1_000_000:
+        raise ConfigError(f"config {p} is {p.stat().st_size} bytes; a t2ilab config is a few KB of YAML")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = strict_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

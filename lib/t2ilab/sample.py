@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -22,8 +23,11 @@ from tqdm.auto import tqdm
 import t2ilab
 from t2ilab.checkpoint import CheckpointError, resolve_checkpoint
 from t2ilab.cli import caller_path
+from t2ilab.config import SEED_MAX
 from t2ilab.pipeline import SCHEDULERS, CheckpointWarning, check_prompt, load_pipeline
 
+MAX_PROMPT_CHARS = 100_000  # longer prompts are refused (the text encoder reads only its first tokens anyway)
+MAX_PROMPTS_FILE = 10_000_000  # bytes
 GRID_CELL = 128  # grid images are upscaled (NEAREST) to about this many pixels
 GRID_GAP = 6  # white pixels between cells
 
@@ -93,6 +97,21 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    try:
+        _sample_all(args, pipe, jobs, names, checks, out, written)
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(written)} complete images and their .json sidecars are in {out} (no grid written)",
+              file=sys.stderr)
+        return 130
+    grid = make_grid(written, columns=args.num_images)
+    _write_atomically(out / "grid.png", lambda f: grid.save(f, format="PNG"))
+    print(f"wrote {len(written)} images and their .json sidecars to {out}")
+    print(f"grid: {out / 'grid.png'}")
+    return 0
+
+
+def _sample_all(args, pipe, jobs, names, checks, out: Path, written: list) -> None:
+    """Sample every (prompt, seed) in batches; each image and sidecar is written whole as soon as it exists."""
     with tqdm(total=len(jobs), desc="sampling", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(jobs), args.batch_size):
             batch = jobs[start : start + args.batch_size]
@@ -110,17 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                 written.append((image, prompt, seed))
             bar.update(len(batch))
 
-    grid = make_grid(written, columns=args.num_images)
-    _write_atomically(out / "grid.png", lambda f: grid.save(f, format="PNG"))
-    print(f"wrote {len(written)} images and their .json sidecars to {out}")
-    print(f"grid: {out / 'grid.png'}")
-    return 0
-
 
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
         path = Path(args.prompts_file)
+        if path.exists() and not path.is_file():
+            raise UsageError(f"--prompts-file {path} is not a regular file (a folder, FIFO or device); pass a text file")
+        if path.is_file() and path.stat().st_size > MAX_PROMPTS_FILE:
+            raise UsageError(f"--prompts-file {path} is {path.stat().st_size} bytes; at most {MAX_PROMPTS_FILE}")
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -128,6 +145,9 @@ def _read_prompts(args) -> list[str]:
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"prompts file {path} is unreadable: {exc}") from None
         prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    long = [p for p in prompts if len(p) > MAX_PROMPT_CHARS]
+    if long:
+        raise UsageError(f"a prompt has {len(long[0])} characters; at most {MAX_PROMPT_CHARS} (the model reads only its first tokens)")
     if not prompts:
         raise UsageError('no prompt given: pass --prompt "a red circle" (repeatable) or --prompts-file FILE')
     return prompts
@@ -137,6 +157,17 @@ def _check_numbers(args) -> None:
     """The pipeline checks these too; checking here fails before a model is loaded."""
     if args.num_inference_steps < 1:
         raise UsageError(f"num_inference_steps must be ≥ 1, got {args.num_inference_steps}")
+    for flag, value, top in (("--num_inference_steps", args.num_inference_steps, 1000), ("--num_images", args.num_images, 10_000),
+                             ("--batch-size", args.batch_size, 256), ("--seed", args.seed, SEED_MAX)):
+        if value > top:
+            raise UsageError(f"{flag} {value} is above the limit of {top}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be from 0 to {SEED_MAX}, got {args.seed}")
+    for flag, value in (("--guidance_scale", args.guidance_scale), ("--guidance_rescale", args.guidance_rescale)):
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    if args.guidance_scale > 50:
+        raise UsageError(f"--guidance_scale {args.guidance_scale} is above the limit of 50 (3 to 7 is usual)")
     if args.scheduler not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {args.scheduler!r}; valid names: {', '.join(SCHEDULERS)}")
     if args.guidance_scale < 1:

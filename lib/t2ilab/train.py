@@ -83,6 +83,34 @@ def step_generator(seed: int, global_step: int) -> torch.Generator:
 
 
 def _load_text_side(cfg: Config, ckpt: Path | None, captions: list[str]):
+    try:
+        return _load_text_parts(cfg, ckpt, captions)
+    except (CheckpointError, ConfigError):
+        raise
+    except Exception as exc:  # a truncated safetensors file, a pickle refused by weights_only, a broken tokenizer
+        if ckpt is None:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(
+            f"cannot load the text encoder or tokenizer from {ckpt}: {first}. The files are corrupt or not t2ilab's; "
+            f"resume from another checkpoint."
+        ) from None
+
+
+def _check_output_dir(out: Path) -> None:
+    """output_dir must be a folder this process can write; say so before anything is trained."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={out} is a file, not a folder; choose another output_dir (--set output_dir=...)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir={out} cannot be written ({exc.strerror}); choose another output_dir") from None
+
+
+def _load_text_parts(cfg: Config, ckpt: Path | None, captions: list[str]):
     if ckpt is None:
         return build_text_encoder(cfg.model, captions)
     if cfg.model.text_encoder == "scratch":
@@ -102,8 +130,8 @@ def _load_weights(module: torch.nn.Module, folder: Path, what: str) -> None:
         for f in files:
             state.update(load_file(f))
         module.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0][:300]
+    except Exception as exc:  # safetensors raises its own SafetensorsError for a truncated or corrupt file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
         raise CheckpointError(f"cannot load the {what} from {folder}: {first}. Was it written by another model config?") from None
 
 
@@ -135,7 +163,7 @@ class Trainer:
                 f"training.gradient_accumulation_steps ({t.gradient_accumulation_steps})"
             )
         self.micro = micro
-        self.out.mkdir(parents=True, exist_ok=True)
+        _check_output_dir(self.out)
         self.lock = acquire_lock(self.out) if self.is_main else None
         try:
             self._setup(resume, progress)
@@ -153,6 +181,11 @@ class Trainer:
         self.ds = load_dataset(cfg.data)
         self.train_idx, self.val_idx = self.ds.train_idx, self.ds.val_idx
         self.steps_per_epoch = len(self.train_idx) // t.batch_size
+        if len(self.val_idx) == 0:
+            raise ConfigError(
+                f"data.val_fraction={cfg.data.val_fraction} leaves no validation images of {len(self.ds.captions)}, so "
+                f"the validation loss the diagnosis reads would be nan; raise it (0.05 is the default)"
+            )
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"training.batch_size={t.batch_size} is larger than the training split ({len(self.train_idx)} images); "
@@ -623,6 +656,10 @@ def _check_process_count() -> None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    for flag, value in (("--max-steps", args.max_steps), ("--stop-at-epoch", args.stop_at_epoch)):
+        if value is not None and not 1 <= value <= 10**9:
+            print(f"error: {flag} must be from 1 to 1000000000, got {value} (omit it to train the whole run)", file=sys.stderr)
+            return 2
     args.config, args.resume = caller_path(args.config), caller_path(args.resume)
     args.overrides = caller_overrides(args.overrides)
     try:
