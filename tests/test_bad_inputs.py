@@ -176,6 +176,15 @@ CASES = [
         "huge.png": lambda p: image(p, size=(3000, 2000)), "huge.txt": b"a big red field",
         "blank.png": lambda p: image(p), "blank.txt": b"   ",
     })), 0, r"using 5 of 8 images; skipped 1 with an empty caption .*1 smaller than 8 px .*1 unreadable \(trunc\.jpg\)"),
+    ("folder-fifo-named-like-an-image", lambda t, r: preview_args(t, r, folder(t, {
+        "good.png": lambda p: image(p), "good.txt": b"a red square",
+        "pipe.png": lambda p: os.mkfifo(p), "pipe.txt": b"never read",
+        "ok.png": lambda p: image(p), "ok.txt": lambda p: os.mkfifo(p),
+    })), 0, r"using 1 of 2 images; skipped 2 not regular files \(FIFOs, sockets or devices\) \(ok\.txt, pipe\.png\), 1 non-image file \(pipe\.txt\), 1 without caption \(ok\.png\)"),
+    ("folder-caption-of-ten-megabytes", lambda t, r: preview_args(t, r, folder(t, {
+        "good.png": lambda p: image(p), "good.txt": b"a red square",
+        "log.png": lambda p: image(p), "log.txt": b"word " * 2_000_000,
+    })), 0, r"using 1 of 2 images; skipped 1 with a caption longer than 2000 characters \(log\.png\)"),
     # checkpoints
     ("checkpoint-missing", lambda t, r: sample_args(t, r, "--prompt", "a red circle", checkpoint=str(t / "none")), 2, r"checkpoint not found"),
     ("checkpoint-partial", lambda t, r: sample_args(t, r, "--prompt", "x", checkpoint=broken_checkpoint(t, r, "no_manifest")), 2, r"partial"),

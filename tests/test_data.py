@@ -374,3 +374,23 @@ def test_preview_command_bad_config_returns_2_with_one_message(tmp_path, capsys)
     assert data.main(args) == 2
     err = capsys.readouterr().err
     assert "data.path" in err and str(missing) in err and "Traceback" not in err
+
+
+def test_a_caption_full_of_unique_words_cannot_grow_the_text_encoder_without_bound():
+    import warnings
+
+    from t2ilab import text
+    from t2ilab.config import ModelConfig
+
+    captions = ["a red circle"] * 3 + [" ".join(f"w{i}" for i in range(k, k + 500)) for k in range(0, 30_000, 500)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vocabulary = text.caption_vocabulary(captions)
+        capped = text.caption_vocabulary(captions, max_size=100)
+    assert len(vocabulary) == text.MAX_VOCABULARY and {"a", "red", "circle"} <= set(vocabulary)
+    assert len(capped) == 100 and {"a", "red", "circle"} <= set(capped), "the most frequent words are kept"
+    assert any("30003 distinct words" in str(w.message) for w in caught)
+    # Only the words the encoder reads count: 24 tokens per caption here.
+    encoder, tokenizer, _ = text.build_text_encoder(ModelConfig(max_caption_tokens=24), captions)
+    assert len(tokenizer) <= len(text.SPECIAL_TOKENS) + 3 + 24 * 60
+    assert encoder.config.vocab_size == len(tokenizer)

@@ -19,6 +19,9 @@ from t2ilab.data import DataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 METADATA = "metadata.jsonl"  # Hugging Face imagefolder convention: {"file_name": "a.png", "text": "..."} per line
 MIN_SIDE = 8  # smaller images carry too little to learn from (icons, thumbnails, spacer GIFs)
+# Longer captions are skipped: the encoder reads its first model.max_caption_tokens words anyway, and a
+# multi-megabyte "caption" (a log pasted into a .txt) is a mistake, not a description.
+MAX_CAPTION_CHARS = 2000
 
 # skip reason -> how the summary warning says it
 REASONS = {
@@ -28,10 +31,13 @@ REASONS = {
     "no_caption": "without caption",
     "empty_caption": "with an empty caption",
     "bad_caption": "with a caption that is not UTF-8 text",
+    "long_caption": f"with a caption longer than {MAX_CAPTION_CHARS} characters",
+    "not_regular": "not a regular file (a FIFO, socket or device)",
     "non_image": "non-image file",
     "missing_image": "metadata.jsonl entry without image",
 }
-PLURALS = {"non_image": "non-image files", "missing_image": "metadata.jsonl entries without image"}
+PLURALS = {"non_image": "non-image files", "missing_image": "metadata.jsonl entries without image",
+           "not_regular": "not regular files (FIFOs, sockets or devices)"}
 CAPTION_HELP = (
     'captions come from metadata.jsonl lines like {"file_name": "cat.png", "text": "a cat"} '
     "or from cat.txt next to cat.png"
@@ -81,8 +87,13 @@ def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) 
     files = [rel for rel, _, _ in listing]
     if not files:
         raise DataError(f"data.path={path!r} is an empty folder; put your images there ({CAPTION_HELP})")
-    images = [rel for rel in files if Path(rel).suffix.lower() in IMAGE_EXTENSIONS]
     skipped: dict[str, list[str]] = {}
+    # Opening a FIFO or a device blocks or never ends: only regular files are read, whatever their name.
+    irregular = [rel for rel in files if not (root / rel).is_file()]
+    if irregular:
+        skipped["not_regular"] = irregular
+        files = [rel for rel in files if rel not in set(irregular)]
+    images = [rel for rel in files if Path(rel).suffix.lower() in IMAGE_EXTENSIONS]
 
     metadata = _read_metadata(root, [rel for rel in files if posixpath.basename(rel) == METADATA], path)
     image_set = set(images)
@@ -228,6 +239,8 @@ def _caption_for(
         text = None
         sidecar = sidecars.get(posixpath.splitext(rel)[0])
         if sidecar is not None:
+            if (root / sidecar).stat().st_size > 4 * MAX_CAPTION_CHARS:  # UTF-8: at most 4 bytes a character
+                return "", "long_caption"
             try:
                 text = (root / sidecar).read_text(encoding="utf-8-sig")
             except (OSError, UnicodeDecodeError):
@@ -235,6 +248,8 @@ def _caption_for(
     if text is None:
         return "", "no_caption"
     text = text.strip()
+    if len(text) > MAX_CAPTION_CHARS:
+        return "", "long_caption"
     return (text, None) if text else ("", "empty_caption")
 
 

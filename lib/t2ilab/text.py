@@ -8,6 +8,8 @@ The set of words seen in training captions is kept so prompts with words the mod
 from __future__ import annotations
 
 import re
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,6 +19,9 @@ from transformers import AutoModel, AutoTokenizer, CLIPTextConfig, CLIPTextModel
 from t2ilab.config import ModelConfig
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+# Scratch tokenizer words: rarer ones read as [UNK], so a caption full of unique words cannot grow the
+# embedding table (and the checkpoint) without bound; 20k covers the words of a few thousand photo captions.
+MAX_VOCABULARY = 20_000
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]", re.IGNORECASE)
 # The same split for the tokenizers library (input is lower-cased by the normalizer first).
 _WORD_PATTERN = Regex(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -27,9 +32,15 @@ def caption_words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-def caption_vocabulary(captions: list[str]) -> list[str]:
-    """Sorted set of words in the training captions."""
-    return sorted({w for c in captions for w in caption_words(c)})
+def caption_vocabulary(captions: list[str], max_words: int | None = None, max_size: int = MAX_VOCABULARY) -> list[str]:
+    """Sorted words the model can read: from the first `max_words` of each caption (the encoder never sees the
+    rest), at most `max_size` of them, the most frequent first (ties alphabetical); a warning says when capped."""
+    counts = Counter(w for c in captions for w in caption_words(c)[:max_words])
+    if len(counts) <= max_size:
+        return sorted(counts)
+    warnings.warn(f"the captions hold {len(counts)} distinct words; the scratch tokenizer keeps the {max_size} most "
+                  f"frequent, rarer words read as unknown", stacklevel=2)
+    return sorted(sorted(counts, key=lambda w: (-counts[w], w))[:max_size])
 
 
 def unknown_words(prompt: str, vocabulary: list[str] | set[str]) -> list[str]:
@@ -46,7 +57,7 @@ def unknown_words(prompt: str, vocabulary: list[str] | set[str]) -> list[str]:
 def build_tokenizer(captions: list[str], max_length: int) -> PreTrainedTokenizerFast:
     """A word-level tokenizer whose vocabulary is exactly the training captions' words."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in caption_vocabulary(captions):
+    for word in caption_vocabulary(captions, max_length):
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,9 @@ class Trainer:
         torch.manual_seed(t.seed)  # model initialisation is the only use of the global RNG
         captions = [self.ds.captions[i] for i in self.train_idx]
         self.text_encoder, self.tokenizer, self.text_trainable = _load_text_side(cfg, ckpt, captions)
-        self.vocabulary = caption_vocabulary(captions)
+        with warnings.catch_warnings():  # the tokenizer has said so already when the vocabulary is capped
+            warnings.simplefilter("ignore")
+            self.vocabulary = caption_vocabulary(captions, cfg.model.max_caption_tokens)
         self.noise_scheduler = build_noise_scheduler(cfg.noise)
         self.unet = build_unet(cfg.model, cfg.data.resolution, self.text_encoder.config.hidden_size)
         if ckpt is not None:
