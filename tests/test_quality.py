@@ -236,7 +236,8 @@ def test_review_checkpoint_returns_a_json_serialisable_review(trained_run, data_
 def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_same_way(trained_run, tmp_path):
     previous = trained_run / "checkpoint-epoch-0002"
     current = {"sampling": {"scheduler": "ddim", "steps": 2, "guidance": 3.0}, "n_per_category": 2, "seed": 0, "weights": "ema"}
-    review = current | {"checkpoint": str(previous), "epoch": 2, "overall": 0.25, "overall_ci": [0.1, 0.5]}
+    review = current | {"checkpoint": str(previous), "epoch": 2, "overall": 0.25, "overall_ci": [0.1, 0.5],
+                        "skills": [{"skill": "color", "n": 8, "accuracy": 0.5, "ci_low": 0.22, "ci_high": 0.78}]}
     sidecar = tmp_path / "quality_review.metrics.json"
 
     def reuse(record: dict):
@@ -247,6 +248,7 @@ def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_s
     assert reuse({"status": "failed", "metrics": review}) is None
     assert reuse({"status": "ok", "metrics": review | {"n_per_category": 4}}) is None
     assert reuse({"status": "ok", "metrics": review | {"seed": 1}}) is None
+    assert reuse({"status": "ok", "metrics": review | {"skills": None}}) is None, "a review from before skills"
     assert reuse({"status": "ok", "metrics": review | {"sampling": current["sampling"] | {"steps": 3}}}) is None
     assert reuse({"status": "ok", "metrics": review | {"checkpoint": str(trained_run / "checkpoint-epoch-0004")}}) is None
     assert quality._reusable_review(tmp_path / "missing.json", previous, current) is None

@@ -110,7 +110,11 @@ def test_runner_writes_every_report_of_every_milestone(first, run):
             assert versus["previous_overall"] == _sidecar(reports_dir, 2, "quality_review")["metrics"]["overall"]
             assert "previous" in quality["metrics"]["timings"]
         page = (folder / "quality_review.html").read_text()
-        assert "ceiling" in page and "<table" in page and "Is DDIM better than DDPM?" in page
+        assert "judge on real images" in page and "<table" in page and "answered from the sampler sweep" in page
+        assert "what it checks" in page and "whatever the colour" in page, "the skills table is in the review"
+        assert "Empty DataFrame" not in page and ">NaN<" not in page and ">nan<" not in page
+        if epoch == 4:
+            assert "Since epoch 2:" in page, "the review says what changed since the previous milestone"
         assert SCRIPT not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page, "a prompt shows as text"
 
 
@@ -118,12 +122,17 @@ def test_index_lists_every_milestone_with_losses_scores_and_links(first):
     reports_dir, results = first
     folder = reports_dir / "tinyrun"
     md = (folder / "index.md").read_text()
-    rows = [line for line in md.splitlines() if re.match(r"\| \d+ \|", line)]
+    milestones, skills = md.split("## Skills, each judged on its own")
+    rows = [line for line in milestones.splitlines() if re.match(r"\| \d+ \|", line)]
     assert [int(r.split("|")[1]) for r in rows] == [2, 4]
     for row in rows:
         assert "[ipynb](epoch-" in row and "[html](epoch-" in row and "FAILED" not in row
         cells = [c.strip() for c in row.split("|")]
         assert re.fullmatch(r"\d\.\d+(e-\d+)?", cells[4]), f"validation loss in {row}"
+    skill_rows = [line for line in skills.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r.split("|")[1]) for r in skill_rows] == [2, 4]
+    assert re.search(r"\| 0\.\d\d \[0\.\d\d, [01]\.\d\d\] \|", skill_rows[0]), "score [95% CI] per skill"
+    assert "Since epoch 2:" in skill_rows[1] and "first milestone" in skill_rows[0]
     html = (folder / "index.html").read_text()
     assert html.count('href="epoch-0002/') == 4 and html.count('href="epoch-0004/') == 4
     image = Image.open(folder / "quality_vs_epoch.png")

@@ -122,20 +122,6 @@ def _channels_last(images) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy()
 
 
-def sweep_table(review: dict) -> pd.DataFrame:
-    """The review's sampler sweep, best first (ties: faster first); empty when the sweep was skipped."""
-    sweep = pd.DataFrame(review.get("sweep") or [])
-    if sweep.empty:
-        return sweep
-    return sweep.sort_values(["accuracy", "seconds_per_image"], ascending=[False, True], ignore_index=True)
-
-
-def claims_table(review: dict) -> pd.DataFrame:
-    """One row per claim of the old guide the review answered: question, verdict, difference and its 95% CI."""
-    keys = ("question", "verdict", "difference", "ci_low", "ci_high", "n_per_cell")
-    return pd.DataFrame([{k: claim.get(k) for k in keys} for claim in (review.get("guide_claims") or {}).values()])
-
-
 def distance_table(review: dict) -> pd.DataFrame:
     """KID and Fréchet distance of generated vs real images, and of two real samples (the floor)."""
     distance = review.get("distance") or {}

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from t2ilab import features, judge, shapes, text
+from t2ilab import features, judge, shapes, skill_report, text
 from t2ilab.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.config import CATEGORIES, ConfigError, load_config, read_yaml
 from t2ilab.data import load_dataset
@@ -446,7 +446,7 @@ def _reusable_review(sidecar: str | Path, previous, current: dict) -> dict | Non
     """The previous milestone's review from its report sidecar, if it judged the same checkpoint the same way."""
     record = read_json(Path(sidecar)) or {}
     review = (record.get("metrics") or {}) if record.get("status") == "ok" else {}
-    if review.get("overall") is None or any(review.get(k) != current[k] for k in ("sampling", "n_per_category", "seed", "weights")):
+    if review.get("overall") is None or review.get("skills") is None or any(review.get(k) != current[k] for k in ("sampling", "n_per_category", "seed", "weights")):
         return None
     if not isinstance(previous, dict) and Path(review.get("checkpoint", "")).resolve() != resolve_checkpoint(previous).resolve():
         return None
@@ -458,13 +458,14 @@ def _versus(current: dict, previous, n: int, seed: int, batch_size: int, samplin
     note = None
     if isinstance(previous, dict):
         prev = {"accuracy": previous["overall"], "ci_low": previous["overall_ci"][0], "ci_high": previous["overall_ci"][1]}
-        epoch, source = previous.get("epoch"), previous.get("source", "an earlier review")
+        epoch, source, prev_skills = previous.get("epoch"), previous.get("source", "an earlier review"), previous.get("skills")
         if previous.get("sampling") != sampling or previous.get("n_per_category") != n:
             note = f"previous review used {previous.get('sampling')} with N={previous.get('n_per_category')} per category"
     else:
         scores = score_checkpoint(previous, n, seed=seed, batch_size=batch_size, **sampling).set_index("category")
-        prev = scores.loc["overall"].to_dict()
+        prev, prev_skills = scores.loc["overall"].to_dict(), scores.attrs["skills"]
         epoch, source = read_manifest(resolve_checkpoint(previous)).get("epoch"), "scored now with the same prompts and seeds"
     now = {"accuracy": current["overall"], "ci_low": current["overall_ci"][0], "ci_high": current["overall_ci"][1]}
     return {"question": "Is this checkpoint better than the previous one?", "previous": epoch,
-            "previous_overall": prev["accuracy"], **_compare(now, prev), "note": note, "previous_source": source}
+            "previous_overall": prev["accuracy"], **_compare(now, prev), "note": note, "previous_source": source,
+            "skill_changes": skill_report.skill_changes(current.get("skills"), prev_skills)}

@@ -8,8 +8,10 @@ import html
 import os
 from pathlib import Path
 
+from t2ilab import readable, skill_report
 from t2ilab.checkpoint import read_manifest
 from t2ilab.config import CATEGORIES
+from t2ilab.judge import SKILLS
 from t2ilab.report_notebook import epoch_folder, read_json, write_text
 
 PLOT_DPI = 80
@@ -39,9 +41,11 @@ def _losses(run_dir: Path, checkpoint: Path | None, epoch: int) -> dict:
 
 def quality_summary(metrics: dict | None) -> dict:
     """Overall judge score with its 95% CI, score per category and the best sampler setting of a quality review."""
-    out = {"overall": None, "overall_low": None, "overall_high": None, "ceiling": None, "categories": {}, "best": None}
+    out = {"overall": None, "overall_low": None, "overall_high": None, "ceiling": None, "categories": {}, "best": None,
+           "skills": {}}
     if not metrics:
         return out
+    out["skills"] = skill_report.skills_by_name(metrics.get("skills"))
     ci = metrics.get("overall_ci") or [None, None]
     out.update(overall=metrics.get("overall"), overall_low=ci[0], overall_high=ci[1], ceiling=metrics.get("ceiling"))
     out["categories"] = {row["category"]: row.get("accuracy") for row in metrics.get("scores") or []
@@ -97,26 +101,54 @@ def _categories(rows: list[dict]) -> list[str]:
     return [c for c in CATEGORIES if c in seen] + sorted(seen - set(CATEGORIES))
 
 
+SKILLS_NOTE = ("Skills, each judged on its own on the captions that claim it: score [95% CI]. A skill rose or fell "
+               "only when the 95 % interval of its change since the previous milestone excludes zero.")
+NO_SKILLS = "No skill scores yet: they come from the quality review (shapes data), which has not run for this run."
+
+
+def skill_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the skills table: per milestone each skill's score and the sentence on what changed."""
+    judged = [r for r in rows if r.get("skills")]
+    seen = {name for r in judged for name in r["skills"]}
+    names = [s for s in SKILLS if s in seen] + sorted(seen - set(SKILLS))
+    head = ["epoch", *names, "what changed"]
+    table, previous = [], None
+    for r in judged:
+        cells = [str(r["epoch"])]
+        for name in names:
+            skill = r["skills"].get(name) or {}
+            cells.append(readable.score(skill.get("accuracy"), skill.get("ci_low"), skill.get("ci_high")))
+        if previous is None:
+            cells.append("first milestone with skill scores")
+        else:
+            changes = skill_report.skill_changes(r["skills"], previous["skills"])
+            cells.append(skill_report.change_sentence(changes, previous["epoch"]))
+        table.append(cells)
+        previous = r
+    return head, table
+
+
 def write_index(run_reports_dir: Path, run_dir: Path, milestones: dict[int, Path]) -> Path:
     """Write index.md, index.html and quality_vs_epoch.png for a run; returns the index.html path."""
     rows = collect_rows(run_reports_dir, run_dir, milestones)
     plot = plot_quality_vs_epoch(rows, run_reports_dir / INDEX_PLOT)
     cats = _categories(rows)
-    head = ["epoch", "step", "train loss", "val loss", "val loss (EMA)", *cats, "overall (95% CI)", "best sampler",
+    head = ["epoch", "step", "train loss", "val loss", "val loss (EMA)", *cats, "overall [95% CI]", "best sampler",
             "reports"]
     table = []
     for r in rows:
-        ci = f" [{_fmt(r['overall_low'], 2)}, {_fmt(r['overall_high'], 2)}]" if r["overall_low"] is not None else ""
-        cells = [_fmt(r["epoch"]), _fmt(r["step"]), _fmt(r.get("train_loss")), _fmt(r.get("val_loss")),
-                 _fmt(r.get("val_loss_ema")),
-                 *[_fmt(r["categories"].get(c), 2) for c in cats], _fmt(r["overall"], 3) + ci, _fmt(r["best"])]
+        cells = [_fmt(r["epoch"]), _fmt(r["step"]), readable.number(r.get("train_loss"), 4),
+                 readable.number(r.get("val_loss"), 4), readable.number(r.get("val_loss_ema"), 4),
+                 *[readable.number(r["categories"].get(c)) for c in cats],
+                 readable.score(r["overall"], r["overall_low"], r["overall_high"], 3), _fmt(r["best"])]
         links = [(name, f"{r['folder']}/{name}.ipynb", f"{r['folder']}/{name}.html", _status(rec))
                  for name, rec in sorted(r["reports"].items())]
         table.append((cells, links))
+    skills = skill_rows(rows)
     title = f"Reports for {run_dir.name}"
-    write_text(run_reports_dir / "index.md", _markdown(title, run_dir, head, table, plot))
+    write_text(run_reports_dir / "index.md", _markdown(title, run_dir, head, table, plot, skills))
     index = run_reports_dir / "index.html"
-    write_text(index, _html(title, run_dir, head, table, plot))
+    write_text(index, _html(title, run_dir, head, table, plot, skills))
     return index
 
 
@@ -125,29 +157,39 @@ def _md(text: str) -> str:
     return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown(title: str, run_dir: Path, head: list[str], table: list, plot: Path | None) -> str:
+def _markdown(title: str, run_dir: Path, head: list[str], table: list, plot: Path | None,
+              skills: tuple[list[str], list[list[str]]]) -> str:
     lines = [f"# {_md(title)}", "", f"Run: `{_md(run_dir)}`. One row per milestone checkpoint; judge scores are the "
              "share of images the exact judge accepts. Generated by `t2ilab report`; do not edit.", ""]
     if plot is not None:
-        lines += [f"![overall judge score and validation loss per epoch]({plot.name})", ""]
+        lines += [f"![skills, overall judge score and validation loss per epoch]({plot.name})", ""]
     lines += ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
     for cells, links in table:
         reports = "<br>".join(f"{_md(name)}: [ipynb]({_md(nb)}) [html]({_md(page)}) {_md(status)}"
                               for name, nb, page, status in links) or "–"
         lines.append("| " + " | ".join(_md(c) for c in cells) + f" | {reports} |")
+    skill_head, skill_table = skills
+    lines += ["", "## Skills, each judged on its own", ""]
+    if skill_table:
+        lines += [SKILLS_NOTE, "", "| " + " | ".join(_md(h) for h in skill_head) + " |", "|" + "---|" * len(skill_head)]
+        lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in skill_table]
+    else:
+        lines.append(NO_SKILLS)
     return "\n".join(lines) + "\n"
 
 
-def _html(title: str, run_dir: Path, head: list[str], table: list, plot: Path | None) -> str:
+def _html(title: str, run_dir: Path, head: list[str], table: list, plot: Path | None,
+          skills: tuple[list[str], list[list[str]]]) -> str:
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td.reports{text-align:left}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}"
+           "td.reports,td.text{text-align:left;white-space:normal}"
            ".failed{color:#b00020;font-weight:bold}</style></head><body>",
            f"<h1>{e(title)}</h1>", f"<p>Run: <code>{e(str(run_dir))}</code>. One row per milestone checkpoint; judge "
            "scores are the share of images the exact judge accepts. Generated by <code>t2ilab report</code>.</p>"]
     if plot is not None:
-        out.append(f'<p><img src="{e(plot.name)}" alt="overall judge score and validation loss per epoch"></p>')
+        out.append(f'<p><img src="{e(plot.name)}" alt="skills, overall judge score and validation loss per epoch"></p>')
     out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>")
     for cells, links in table:
         reports = "<br>".join(
@@ -156,48 +198,56 @@ def _html(title: str, run_dir: Path, head: list[str], table: list, plot: Path | 
             for name, nb, page, status in links)
         row = "".join(f"<td>{e(c)}</td>" for c in cells)
         out.append(f'<tr>{row}<td class="reports">{reports or "–"}</td></tr>')
-    out.append("</tbody></table></body></html>")
+    out.append("</tbody></table>")
+    skill_head, skill_table = skills
+    out.append("<h2>Skills, each judged on its own</h2>")
+    if skill_table:
+        out.append(f"<p>{e(SKILLS_NOTE)}</p><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in skill_head)
+                   + "</tr></thead><tbody>")
+        for cells in skill_table:
+            out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells[:-1]) + f'<td class="text">{e(cells[-1])}</td></tr>')
+        out.append("</tbody></table>")
+    else:
+        out.append(f"<p>{e(NO_SKILLS)}</p>")
+    out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
+def _padded(lows: list[float], highs: list[float], pad: float = 0.04, min_span: float = 0.15) -> tuple[float, float]:
+    """A y range fitted to the data (with its intervals) inside [0, 1], so a change of a few points is visible."""
+    low, high = max(0.0, min(lows) - pad), min(1.0, max(highs) + pad)
+    if high - low < min_span:
+        centre = (low + high) / 2
+        low, high = max(0.0, centre - min_span / 2), min(1.0, centre + min_span / 2)
+    return low, high
+
+
 def plot_quality_vs_epoch(rows: list[dict], path: Path) -> Path | None:
-    """Overall judge score (95% CI error bars) and validation loss against epoch, side by side; None without data."""
+    """Skills and the strict overall score (95 % bands, axes fitted to the data) and validation loss against epoch."""
     import seaborn as sns
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     scored = [r for r in rows if r["overall"] is not None]
+    skilled = [r for r in rows if r.get("skills")]
     losses = [r for r in rows if r.get("val_loss") is not None]
-    if not scored and not losses:
+    if not scored and not losses and not skilled:
         path.unlink(missing_ok=True)
         return None
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(10, 3.6), dpi=PLOT_DPI, layout="constrained")  # no pyplot: safe in any process
-        left, right = fig.subplots(1, 2, sharex=True)
-    if scored:
-        x = [r["epoch"] for r in scored]
-        y = [r["overall"] for r in scored]
-        low = [r["overall"] - r["overall_low"] if r["overall_low"] is not None else 0 for r in scored]
-        high = [r["overall_high"] - r["overall"] if r["overall_high"] is not None else 0 for r in scored]
-        left.errorbar(x, y, yerr=[low, high], marker="o", capsize=4, color=sns.color_palette()[0],
-                      label="EMA weights, default sampler")
-        ceilings = [r["ceiling"] for r in scored if r["ceiling"] is not None]
-        if ceilings:
-            left.axhline(max(ceilings), ls="--", color="grey", label="judge on real images (ceiling)")
-        left.set_ylim(0, 1.05)
-        left.legend(fontsize="small", loc="best")
-    else:
-        left.text(0.5, 0.5, "no quality review yet", ha="center", va="center", transform=left.transAxes, color="grey")
-    left.set(title="overall judge score (95% CI)", xlabel="epoch", ylabel="share of images judged correct")
+        fig = Figure(figsize=(14, 3.8), dpi=PLOT_DPI, layout="constrained")  # no pyplot: safe in any process
+        skills_ax, overall_ax, loss_ax = fig.subplots(1, 3, sharex=True)
+    _plot_skills(skills_ax, skilled, sns.color_palette("colorblind"))
+    _plot_overall(overall_ax, scored, sns.color_palette()[0])
     if losses:
-        sns.lineplot(x=[r["epoch"] for r in losses], y=[r["val_loss"] for r in losses], marker="o", ax=right,
+        sns.lineplot(x=[r["epoch"] for r in losses], y=[r["val_loss"] for r in losses], marker="o", ax=loss_ax,
                      label="val_loss")
         ema = [r for r in losses if r.get("val_loss_ema") is not None]
         if ema:
-            sns.lineplot(x=[r["epoch"] for r in ema], y=[r["val_loss_ema"] for r in ema], marker="o", ax=right,
+            sns.lineplot(x=[r["epoch"] for r in ema], y=[r["val_loss_ema"] for r in ema], marker="o", ax=loss_ax,
                          label="val_loss_ema")
-    right.set(title="validation loss", xlabel="epoch", ylabel="")
-    for ax in (left, right):
+    loss_ax.set(title="validation loss", xlabel="epoch", ylabel="")
+    for ax in (skills_ax, overall_ax, loss_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 2.25
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, format="png")
@@ -205,3 +255,43 @@ def plot_quality_vs_epoch(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def _plot_skills(ax, rows: list[dict], palette) -> None:
+    ax.set(title="skills, each judged on its own (95% band)", xlabel="epoch", ylabel="share of claims met")
+    if not rows:
+        ax.text(0.5, 0.5, "no skill scores yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        return
+    names = [s for s in SKILLS if any(s in r["skills"] for r in rows)]
+    lows, highs = [], []
+    for colour, name in zip(palette, names):
+        points = [(r["epoch"], r["skills"][name]) for r in rows if name in r["skills"]]
+        x = [e for e, _ in points]
+        y, low, high = ([float(p[k]) for _, p in points] for k in ("accuracy", "ci_low", "ci_high"))
+        ax.plot(x, y, marker="o", color=colour, label=name)
+        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+        lows += low
+        highs += high
+    ax.set_ylim(*_padded(lows, highs))
+    ax.legend(fontsize="small", loc="best", ncol=2)
+
+
+def _plot_overall(ax, rows: list[dict], colour) -> None:
+    ax.set(title="strict overall judge score (95% band)", xlabel="epoch", ylabel="share of images judged correct")
+    if not rows:
+        ax.text(0.5, 0.5, "no quality review yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        return
+    x = [r["epoch"] for r in rows]
+    y = [r["overall"] for r in rows]
+    low = [r["overall_low"] if r["overall_low"] is not None else r["overall"] for r in rows]
+    high = [r["overall_high"] if r["overall_high"] is not None else r["overall"] for r in rows]
+    ax.plot(x, y, marker="o", color=colour, label="EMA weights, default sampler")
+    ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+    bottom, top = _padded(low, high)
+    ceilings = [r["ceiling"] for r in rows if r["ceiling"] is not None]
+    if ceilings:
+        ceiling = max(ceilings)
+        if ceiling <= top:
+            ax.axhline(ceiling, ls="--", color="grey", label=f"judge on real images ({ceiling:.2f})")
+        else:  # drawing it would squash the curve against the bottom of the axis
+            ax.plot([], [], ls="--", color="grey", label=f"judge on real images: {ceiling:.2f} (above the axis)")
+    ax.set_ylim(bottom, top)
+    ax.legend(fontsize="small", loc="best")
