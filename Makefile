@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KERNEL := t2ilab
 
-.PHONY: install demo test lab bench clean
+.PHONY: install demo test lab bench example-report clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ DEMO_FINAL := outputs/demo/checkpoint-epoch-0021
 bench: $(STAMP)
 	test -d $(DEMO_FINAL) || $(MAKE) demo
 	$(PY) bench/run_all.py
+
+# reports/example/ (committed): the index and last milestone of reports/demo/, for readers who have not trained yet.
+example-report: $(STAMP)
+	test -f reports/demo/index.html || $(MAKE) demo
+	$(PY) -m t2ilab.example_report
 
 clean:
 	rm -rf $(VENV) .t2ilab_cache outputs

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from t2ilab.paths import resolve_path
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message says where and what is allowed."""
@@ -303,7 +305,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with errors that name the file and line."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"config file not found: {p} (pass --config configs/demo.yaml or another YAML file)")
+        p = resolve_path(p)  # configs/demo.yaml from any directory: the checkout's or the installed package's copy
+    if not p.exists():
+        raise ConfigError(f"config file not found: {path} (pass --config configs/demo.yaml or another YAML file)")
     if not p.is_file():
         raise ConfigError(f"config {p} is not a regular file (a folder, FIFO or device); pass a YAML file")
     if p.stat().st_size > 1_000_000:

@@ -18,6 +18,7 @@ from t2ilab import features, judge, shapes, skill_report, text
 from t2ilab.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.config import CATEGORIES, ConfigError, load_config, read_yaml
 from t2ilab.data import load_dataset
+from t2ilab.paths import REVIEW_PROMPTS
 from t2ilab.pipeline import T2IPipeline, load_pipeline
 from t2ilab.report_notebook import read_json
 
@@ -25,7 +26,6 @@ Z = 1.96  # 95% intervals throughout
 DEFAULT_SWEEP = {"schedulers": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler"), "steps": (10, 20, 50, 100),
                  "guidance_scales": (1.0, 2.0, 4.0, 7.5), "n_per_category": 8}
 QUICK_SWEEP = {"schedulers": ("ddim", "dpmsolver++"), "steps": (10, 25), "guidance_scales": (1.0, 3.0), "n_per_category": 4}
-REVIEW_PROMPTS = Path(__file__).resolve().parents[2] / "configs" / "review_prompts.yaml"
 _CEILINGS: dict[tuple[int, int], pd.DataFrame] = {}  # (resolution, n per category) -> judge_ceiling frame
 
 

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from t2ilab.checkpoint import CheckpointError, list_checkpoints
+from t2ilab.paths import NOTEBOOKS_DIR, resolve_path
 from t2ilab.config import Config, ConfigError, load_config, parse_override
 from t2ilab.report_notebook import (  # noqa: F401  (ReportResult, execute_notebook: part of this module's API)
     DEFAULT_TIMEOUT, ReportResult, epoch_folder, execute_notebook, jsonable, kernel_name, run_one, write_text,
 )
 
 NOTEBOOKS = {"loss_diagnosis": "03_loss_diagnosis.ipynb", "quality_review": "04_quality_review.ipynb"}
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
 
 class ReportError(ValueError):
@@ -72,16 +71,6 @@ def select_milestones(spec: str | list[int] | None, available: dict[int, Path], 
         raise ReportError(f"no milestone checkpoint for epoch(s) {unknown} in {run_dir}; available milestones: "
                           f"{', '.join(map(str, available))}")
     return wanted
-
-
-def resolve_path(value: str | Path) -> Path:
-    """Absolute: as is; relative: from the working directory, or from the repo root when it exists only there."""
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return p
-    if not p.exists() and (REPO_ROOT / p).exists():
-        return REPO_ROOT / p
-    return p.resolve()
 
 
 def default_parameters(name: str, checkpoint: Path, previous: Path | None, run_dir: Path, cfg: Config,
