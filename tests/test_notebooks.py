@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
 TINY = REPO_ROOT / "configs" / "tiny.yaml"
 EXPECTED = ["01_train.ipynb", "02_resume.ipynb", "03_loss_diagnosis.ipynb", "04_quality_review.ipynb",
-            "05_explore.ipynb"]
+            "05_explore.ipynb", "06_resume_arms.ipynb"]
 LITERALS = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.UnaryOp)  # UnaryOp: negative numbers such as -1
 
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "report": ("t2ilab.reports", "execute the report notebooks for a run's milestones"),
     "demo": ("t2ilab.demo", "the whole story on the embedded shapes set (make demo)"),
     "diagnose": ("t2ilab.diagnose", "verdict, evidence and next step from a run's loss log (t2ilab diagnose OUTPUT_DIR)"),
+    "arms": ("t2ilab.arms", "branch a checkpoint into the guide's arms, train and judge each vs continue (t2ilab arms CKPT)"),
 }
 
 

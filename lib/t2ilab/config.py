@@ -110,6 +110,7 @@ class TrainingConfig(_Section):
     learning_rate: float = Field(1e-4, gt=0, le=1.0)  # peak AdamW learning rate
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"  # diffusers get_scheduler
     lr_warmup_steps: int = Field(0, ge=0, le=10_000_000)  # linear warm-up steps
+    lr_restart: float | None = Field(None, gt=0, le=1.0)  # on resume, when it differs from the checkpoint's: a new lr_scheduler segment from this peak to num_epochs
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)  # micro-batches per optimizer step
     max_grad_norm: float = Field(1.0, gt=0)  # gradient clipping
     adam_beta1: float = Field(0.9, ge=0, lt=1)

@@ -2,11 +2,15 @@
 
 The LR schedule is a list of *segments*. A fresh run has one: `lr_scheduler` from `learning_rate` with
 warm-up over all steps. On resume with nothing changed the saved segment and its scheduler state are
-restored exactly. When `training.learning_rate`, `training.num_epochs`, `training.batch_size` or
-`training.lr_scheduler` change, a new segment starts at the resume step with no warm-up:
+restored exactly. When `training.learning_rate`, `training.num_epochs`, `training.batch_size`,
+`training.lr_scheduler` or `training.lr_restart` change, a new segment starts at the resume step with no warm-up:
   - a new learning rate: the schedule restarts its shape from the new rate (1e-4 -> 5e-5 takes effect at once);
   - only more epochs: it starts from the learning rate in effect at the checkpoint, so there is no jump,
     and decays with the same shape over the remaining steps (constant stays constant).
+  - a new `training.lr_restart` peak: a warm restart (SGDR, https://arxiv.org/abs/1608.03983): the schedule
+    restarts its shape from that peak over the steps left to num_epochs, whatever the learning rate was.
+The restart is a resume-time instruction kept in the config: resuming the restarted run's own checkpoints
+(same lr_restart) restores their segment exactly, so an interrupted restart continues, it does not restart again.
 """
 
 from __future__ import annotations
@@ -136,11 +140,12 @@ def plan_resume(
         warnings.append(f"training.seed {t_old['seed']} -> {t_new['seed']}: noise and data order change from here on")
 
     segment = dict(state["lr_segment"])
-    schedule_keys = ("learning_rate", "num_epochs", "batch_size", "lr_scheduler")
-    new_segment = spe_changed or any(t_old[k] != t_new[k] for k in schedule_keys)
+    schedule_keys = ("learning_rate", "num_epochs", "batch_size", "lr_scheduler", "lr_restart")
+    new_segment = spe_changed or any(t_old.get(k) != t_new.get(k) for k in schedule_keys)
     if new_segment:
+        restart = t_new["lr_restart"] is not None and t_old.get("lr_restart") != t_new["lr_restart"]
         lr_changed = t_old["learning_rate"] != t_new["learning_rate"]
-        base = t_new["learning_rate"] if lr_changed else current_lr
+        base = t_new["lr_restart"] if restart else t_new["learning_rate"] if lr_changed else current_lr
         segment = {
             "start_step": global_step,
             "base_lr": base,
@@ -151,6 +156,8 @@ def plan_resume(
         why = f"learning_rate {t_old['learning_rate']:.1e} -> {t_new['learning_rate']:.1e}" if lr_changed else (
             f"continuing from the current learning rate {current_lr:.2e} (no jump)"
         )
+        if restart:
+            why = f"restart from peak {base:.2e} (training.lr_restart; it was {current_lr:.2e})"
         lines.append(
             f"learning rate: new '{segment['schedule']}' segment from step {global_step} to {segment['total_steps']}, "
             f"{why}"

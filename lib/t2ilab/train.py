@@ -193,6 +193,11 @@ class Trainer:
                 f"lower it or raise data.num_samples"
             )
         ckpt = resolve_checkpoint(resume, self.out) if resume else None
+        if ckpt is None and t.lr_restart is not None:
+            raise ConfigError(
+                f"training.lr_restart={t.lr_restart} restarts the schedule of a resumed run, but this run starts from "
+                f"scratch (no --resume); remove it (its peak is training.learning_rate) or resume a checkpoint"
+            )
         in_the_way = self._in_the_way(ckpt)
         torch.manual_seed(t.seed)  # model initialisation is the only use of the global RNG
         captions = [self.ds.captions[i] for i in self.train_idx]
