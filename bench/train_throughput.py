@@ -95,7 +95,8 @@ def model_only_runner(config: str, overrides: list[str], workdir: Path) -> tuple
 
     def run(steps: int) -> int:
         for _ in range(steps):
-            loss, _ = tr._loss(tr.unet, idx, rows, timesteps, noise)
+            mse, weights = tr.forward_loss(tr.unet, idx, rows, timesteps, noise)
+            loss = (mse * weights).mean()
             loss.backward()
             for p in params:
                 p.grad = None

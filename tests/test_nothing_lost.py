@@ -15,7 +15,7 @@ from t2ilab import runlog
 from t2ilab.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
 from t2ilab.config import ConfigError
 from t2ilab.sample import main as sample_main
-from t2ilab.train import main as train_main
+from t2ilab.train_cli import main as train_main
 from t2ilab.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -104,7 +104,18 @@ def test_another_model_shape_is_refused_with_a_reason(tiny_config):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tiny_config, monkeypatch):
-    monkeypatch.setenv("T2ILAB_FAULT_NAN_AT_STEP", "8")
+    """A loss that turns NaN at step 8 (poisoned from the test side) stops the run with the step and the last good checkpoint."""
+    from t2ilab.train import Trainer
+
+    real_forward = Trainer.forward_loss
+
+    def poisoned_at_step_8(self, unet, *batch):
+        mse, weights = real_forward(self, unet, *batch)
+        if unet.training and self.global_step + 1 == 8:
+            mse = mse * float("nan")
+        return mse, weights
+
+    monkeypatch.setattr(Trainer, "forward_loss", poisoned_at_step_8)
     with pytest.raises(TrainingDiverged, match=r"by step 8 .*checkpoint-epoch-0002"):
         train(tiny_config(), progress="none")
     (path, manifest), = list_checkpoints(tiny_config().output_dir)
@@ -130,10 +141,16 @@ def test_second_run_on_a_locked_dir_is_refused(tiny_config):
 def test_sigkill_during_checkpoint_write_leaves_latest_loadable(tiny_config):
     cfg = tiny_config()
     out = Path(cfg.output_dir)
-    env = {**os.environ, "T2ILAB_FAULT_SLOW_CHECKPOINT": "2"}
-    cmd = [sys.executable, "-m", "t2ilab", "train", "--config", str(REPO_ROOT / "configs/tiny.yaml"),
+    # The test widens the window between the weights and the manifest: save_training_state sleeps 2 s after writing.
+    slow_checkpoints = (
+        "import sys, time; import t2ilab.checkpoint as c; real = c.save_training_state\n"
+        "def slow(*a, **k):\n    real(*a, **k); time.sleep(2)\n"
+        "c.save_training_state = slow\n"
+        "from t2ilab.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", slow_checkpoints, "train", "--config", str(REPO_ROOT / "configs/tiny.yaml"),
            "--set", f"output_dir={out}", "--set", f"data.cache_dir={cfg.data.cache_dir}", "--progress", "none"]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / ".tmp-checkpoint-epoch-0004").exists():
         assert proc.poll() is None, proc.stderr.read().decode()

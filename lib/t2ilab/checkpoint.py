@@ -194,9 +194,6 @@ def write_checkpoint(output_dir: str | Path, name: str, write_parts, manifest: d
     try:
         tmp.mkdir()
         write_parts(tmp)
-        pause = float(os.environ.get("T2ILAB_FAULT_SLOW_CHECKPOINT", "0") or 0)
-        if pause:  # fault-injection hook for the crash tests: widen the window before the manifest lands
-            time.sleep(pause)
         full_manifest = {"format": FORMAT_VERSION, **manifest, "complete": True, "written_at": time.time()}
         _write_json_durably(tmp / MANIFEST, full_manifest)
         if final.exists():

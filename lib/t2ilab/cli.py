@@ -9,7 +9,7 @@ from pathlib import Path
 
 # command -> (module with a `main(argv) -> int`, one-line help)
 COMMANDS = {
-    "train": ("t2ilab.train", "train or resume a model (./run_train.sh)"),
+    "train": ("t2ilab.train_cli", "train or resume a model (./run_train.sh)"),
     "sample": ("t2ilab.sample", "generate images from a checkpoint (./run_inference.sh)"),
     "preview": ("t2ilab.data", "render a preview grid of the configured data set"),
     "report": ("t2ilab.reports", "execute the report notebooks for a run's milestones"),

@@ -1,6 +1,8 @@
-"""Diffusion training objectives: the regression target, Min-SNR-gamma weights, stratified timesteps."""
+"""Diffusion training objectives: the regression target, Min-SNR-gamma weights, the per-sample loss, stratified timesteps."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 
@@ -34,3 +36,16 @@ def stratified_timesteps(n: int, num_train_timesteps: int, generator: torch.Gene
     strata = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
     t = (strata * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
     return t[torch.randperm(n, generator=generator)]
+
+
+def per_sample_loss(unet, noise_scheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                    encoder_hidden_states: torch.Tensor, alphas_cumprod: torch.Tensor, snr_gamma: float | None,
+                    autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diffusion objective per sample: plain MSE to the target and its Min-SNR weight (loss = mean(mse * weight))."""
+    noisy_images = noise_scheduler.add_noise(clean, noise, timesteps)
+    with autocast():
+        model_pred = unet(noisy_images, timesteps, encoder_hidden_states=encoder_hidden_states).sample
+    target = diffusion_target(noise_scheduler, clean, noise, timesteps)
+    mse = ((model_pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    weights = loss_weights(alphas_cumprod, timesteps, noise_scheduler.config.prediction_type, snr_gamma)
+    return mse, weights
