@@ -155,7 +155,7 @@ def test_refuses_a_non_empty_output_and_keeps_it(run, tmp_path, capsys):
     assert "already exists and is not empty" in refused([run["ckpt"], out], capsys)
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
-    assert "is a file" in refused([run["ckpt"], tmp_path / "file"], capsys)
+    assert "is a file or a link" in refused([run["ckpt"], tmp_path / "file"], capsys)
 
 
 def test_refuses_what_is_not_a_t2ilab_checkpoint(run, tmp_path, capsys):
@@ -175,12 +175,12 @@ def test_refuses_ema_when_the_checkpoint_has_none(tmp_path, capsys):
     assert "invalid choice" in refused([ckpt, tmp_path / "out", "--weights", "best"], capsys)
 
 
-def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch):
+def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch, capsys):
     def fail(path, cfg, weights, folder):
         (folder / "unet").mkdir(parents=True)
-        raise OSError("disk full")
+        raise OSError("No space left on device")
 
     monkeypatch.setitem(export.LAYOUTS, "pixel", fail)
-    with pytest.raises(OSError, match="disk full"):
-        export_checkpoint(run["ckpt"], tmp_path / "out")
+    assert export.main([str(run["ckpt"]), str(tmp_path / "out")]) == 1
+    assert "No space left on device; nothing was left behind" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -13,15 +13,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
 from t2ilab.checkpoint import CheckpointError, quiet_hub_progress, resolve_checkpoint
 from t2ilab.cli import caller_path
 from t2ilab.config import ConfigError, load_config
 from t2ilab.export_pipeline import pipeline_t2ilab
 from t2ilab.pipeline import METADATA_FILE, load_pipeline
 
-PIPELINE_FILE = Path(pipeline_t2ilab.__file__)  # shipped as package data: the subpackage holds only this file
+PIPELINE_FILE = Path(pipeline_t2ilab.__file__)  # a module of a subpackage, so every wheel carries it
 PIPELINE_CLASS = [PIPELINE_FILE.stem, pipeline_t2ilab.T2ILabPipeline.__name__]  # model_index.json _class_name
 LOADING = "DiffusionPipeline.from_pretrained({path!r}, trust_remote_code=True)"
 
@@ -30,17 +28,15 @@ class ExportError(ValueError):
     """The export cannot be written as asked; the message says why and what to do."""
 
 
-def image_space(checkpoint: Path) -> str:
-    """"pixel", or "latent" when the checkpoint's config names a VAE (model.vae, read leniently)."""
-    raw = yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")) or {}
-    model = raw.get("model") if isinstance(raw, dict) else None
-    return "latent" if isinstance(model, dict) and model.get("vae") else "pixel"
+def image_space(cfg) -> str:
+    """"pixel", or "latent" once a config can name a VAE (model.vae)."""
+    return "latent" if getattr(cfg.model, "vae", None) else "pixel"
 
 
 def check_output(output: Path) -> None:
-    """Refuse an OUTPUT that holds anything (an export never overwrites) or that is a file."""
-    if output.is_symlink() or output.is_file():
-        raise ExportError(f"OUTPUT {output} is a file; give a new folder (or an empty one) to export into")
+    """Refuse an OUTPUT that holds anything (an export never overwrites) or is not a folder."""
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        raise ExportError(f"OUTPUT {output} is a file or a link; give a new folder (or an empty one) to export into")
     if output.is_dir() and any(output.iterdir()):
         raise ExportError(
             f"OUTPUT {output} already exists and is not empty; t2ilab export never overwrites. "
@@ -60,13 +56,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, weights: str =
             f"checkpoint {path} has no EMA weights (no unet_ema/: training.use_ema was off); "
             f"export the trained weights with --weights raw"
         )
-    space = image_space(path)
-    if space not in LAYOUTS:
-        raise ExportError(f"checkpoint {path} is in {space} mode; its export layout is not built yet (pixel mode only)")
     try:
         cfg = load_config(path / "config.yaml")
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: config.yaml does not load ({exc})") from None
+    space = image_space(cfg)
+    if space not in LAYOUTS:
+        raise ExportError(f"checkpoint {path} is in {space} mode; its export layout is not built yet (pixel mode only)")
 
     # Written next to OUTPUT and renamed into place when complete: an interrupted export leaves no half folder.
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -137,5 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, CheckpointError) as exc:
         print(f"t2ilab export: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions: the partial folder is already removed
+        print(f"t2ilab export: error: could not write {args.output}: {exc}; nothing was left behind", file=sys.stderr)
+        return 1
     print(f"wrote {out}; load it with diffusers: {LOADING.format(path=str(out))}")
     return 0
