@@ -23,10 +23,11 @@ CAPTIONS = [
 ]
 
 
-def make_tiny_checkpoint(root: Path, epoch: int = 2, ema: bool = True, seed: int = 0) -> Path:
-    """Write `root/checkpoint-epoch-NNNN` from random tiny-config weights; the EMA differs from the raw UNet."""
+def make_tiny_checkpoint(root: Path, epoch: int = 2, ema: bool = True, seed: int = 0, overrides: list[str] | None = None) -> Path:
+    """Write `root/checkpoint-epoch-NNNN` from random tiny-config weights (plus `--set` overrides); the EMA differs
+    from the raw UNet."""
     torch.manual_seed(seed)
-    cfg = load_config(TINY_CONFIG)
+    cfg = load_config(TINY_CONFIG, overrides)
     text_encoder, tokenizer, _ = text.build_text_encoder(cfg.model, CAPTIONS)
     unet = model.build_unet(cfg.model, cfg.data.resolution, cfg.model.text_hidden_size)
     ema_model = None

@@ -71,3 +71,8 @@ def test_a_wheel_install_runs_reports_from_another_directory(tmp_path):
     report = t2ilab("report", "--run", str(run), "--notebooks", "loss_diagnosis", "--reports-dir", "reports")
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (elsewhere / "reports" / "run" / "epoch-0002" / "loss_diagnosis.html").is_file()
+    # The pipeline file an export ships is package data too.
+    exported = t2ilab("export", str(run), "exported")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (elsewhere / "exported" / "pipeline_t2ilab.py").read_bytes() == \
+        (site / "t2ilab" / "export_pipeline" / "pipeline_t2ilab.py").read_bytes()
