@@ -142,3 +142,19 @@ def test_a_read_only_output_folder_is_refused(ckpt, tmp_path, capsys):
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o700)
+
+
+def test_settings_left_out_are_the_runs_own(ckpt, tmp_path):
+    """One source of sampling defaults: the run's config (tiny.yaml: 4 steps), not a CLI constant."""
+    from t2ilab.config import load_config
+    from t2ilab.explore import generate
+
+    run_cfg = load_config(ckpt / "config.yaml").sampling
+    out = tmp_path / "samples"
+    assert main(["--checkpoint", str(ckpt), "--output", str(out), "--device", "cpu", "--prompt", "a red circle"]) == 0
+    side = json.loads((out / "000_a-red-circle_seed0.json").read_text())
+    assert (side["scheduler"], side["num_inference_steps"], side["guidance_scale"]) == (
+        run_cfg.scheduler, run_cfg.num_inference_steps, run_cfg.guidance_scale)
+    assert run_cfg.num_inference_steps == 4  # tiny.yaml differs from the library default (25), so this can fail
+    _, info = generate(ckpt, "a red circle")
+    assert (info["scheduler"], info["steps"], info["guidance"]) == (run_cfg.scheduler, 4, run_cfg.guidance_scale)

@@ -153,9 +153,17 @@ class ReportsConfig(_Section):
 
 
 class SamplingConfig(_Section):
+    """The one source of sampling defaults: `t2ilab sample`, the explorer and the reviews read the run's own."""
+
     scheduler: str = "dpmsolver++"  # default sampler for previews and reports
     num_inference_steps: int = Field(25, ge=1, le=1000)
     guidance_scale: float = Field(3.0, ge=0, le=50)
+
+
+def run_sampling(checkpoint: str | Path) -> SamplingConfig:
+    """The sampling section of the run a checkpoint belongs to (its config.yaml), else the defaults."""
+    path = Path(checkpoint) / "config.yaml"
+    return load_config(path).sampling if path.is_file() else SamplingConfig()
 
 
 class Config(_Section):

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from t2ilab.checkpoint import CheckpointError, list_checkpoints, read_manifest
+from t2ilab.config import run_sampling
 from t2ilab.pipeline import SCHEDULERS, T2IPipeline, check_prompt, load_pipeline
 
 DISPLAY_SIDE = 256  # generated images are upscaled (NEAREST) to about this many pixels for the screen
@@ -47,9 +48,15 @@ def get_pipeline(checkpoint: str | Path, weights: str = "ema") -> T2IPipeline:
     return pipe
 
 
-def generate(checkpoint: str | Path, prompt: str, scheduler: str = "dpmsolver++", steps: int = 25,
-             guidance: float = 3.0, seed: int = 0, weights: str = "ema") -> tuple[Image.Image, dict]:
-    """One image for `prompt` and what to know about it: the prompt check, the settings, seconds taken."""
+def generate(checkpoint: str | Path, prompt: str, scheduler: str | None = None, steps: int | None = None,
+             guidance: float | None = None, seed: int = 0, weights: str = "ema") -> tuple[Image.Image, dict]:
+    """One image for `prompt` and what to know about it: the prompt check, the settings, seconds taken.
+
+    Settings left out are the run's own (its config's sampling section), as in `t2ilab sample` and the reviews."""
+    run = run_sampling(checkpoint)
+    scheduler = run.scheduler if scheduler is None else scheduler
+    steps = run.num_inference_steps if steps is None else steps
+    guidance = run.guidance_scale if guidance is None else guidance
     pipe = get_pipeline(checkpoint, weights)
     pipe.set_scheduler(scheduler)
     check = check_prompt(pipe, prompt)
@@ -83,12 +90,14 @@ def build_explorer(output_dir: str | Path, prompt: str = "a red circle above a b
     choices = list_checkpoint_choices(output_dir)
     if not choices:
         raise CheckpointError(f"no complete checkpoint in {output_dir}; train first (notebooks/01_train.ipynb)")
+    run = run_sampling(choices[0][1])  # the sliders start at the run's own sampling settings
     controls = {
         "prompt": widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="40em")),
         "checkpoint": widgets.Dropdown(options=choices, value=choices[0][1], description="checkpoint"),
-        "scheduler": widgets.Dropdown(options=list(SCHEDULERS), value="dpmsolver++", description="sampler"),
-        "steps": widgets.IntSlider(value=25, min=1, max=100, description="steps"),
-        "guidance": widgets.FloatSlider(value=3.0, min=1.0, max=10.0, step=0.5, description="guidance"),
+        "scheduler": widgets.Dropdown(options=list(SCHEDULERS), value=run.scheduler, description="sampler"),
+        "steps": widgets.IntSlider(value=run.num_inference_steps, min=1, max=max(100, run.num_inference_steps), description="steps"),
+        "guidance": widgets.FloatSlider(value=max(1.0, run.guidance_scale), min=1.0, max=max(10.0, run.guidance_scale), step=0.5,
+                                        description="guidance"),
         "seed": widgets.IntText(value=0, description="seed"),
         "weights": widgets.ToggleButtons(options=["ema", "raw"], value="ema", description="weights"),
     }

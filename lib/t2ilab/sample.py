@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import t2ilab
 from t2ilab.checkpoint import CheckpointError, resolve_checkpoint
 from t2ilab.cli import caller_path
-from t2ilab.config import SEED_MAX
+from t2ilab.config import SEED_MAX, run_sampling
 from t2ilab.pipeline import SCHEDULERS, CheckpointWarning, check_prompt, load_pipeline
 
 MAX_PROMPT_CHARS = 100_000  # longer prompts are refused (the text encoder reads only its first tokens anyway)
@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts-file", "--prompts_file", dest="prompts_file", help="one prompt per line; # starts a comment")
     p.add_argument("--negative_prompt", "--negative-prompt", default=None, help='replaces "" as the unconditional prompt')
-    p.add_argument("--num_inference_steps", "--num-inference-steps", type=int, default=50, help="denoising steps (default 50)")
-    p.add_argument("--scheduler", default="dpmsolver++", help=f"sampler (default dpmsolver++): {', '.join(SCHEDULERS)}")
-    p.add_argument("--guidance_scale", "--guidance-scale", type=float, default=3.0, help="classifier-free guidance; 1 = off (default 3.0)")
+    p.add_argument("--num_inference_steps", "--num-inference-steps", type=int, default=None,
+                   help="denoising steps (default: the run's sampling.num_inference_steps)")
+    p.add_argument("--scheduler", default=None, help=f"sampler (default: the run's sampling.scheduler): {', '.join(SCHEDULERS)}")
+    p.add_argument("--guidance_scale", "--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance; 1 = off (default: the run's sampling.guidance_scale)")
     p.add_argument("--guidance_rescale", "--guidance-rescale", type=float, default=0.0, help="0..1, https://arxiv.org/abs/2305.08891 (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt (default 0)")
     p.add_argument("--num_images", "--num-images", type=int, default=1, help="images per prompt, seeds S..S+K-1 (default 1)")
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("checkpoint", "output", "output_dir", "prompts_file"):
             setattr(args, name, caller_path(getattr(args, name)))
         prompts = _read_prompts(args)
-        _check_numbers(args)
         checkpoint = resolve_checkpoint(args.checkpoint, args.output_dir if args.checkpoint == "latest" else None)
+        _fill_run_defaults(args, checkpoint)
+        _check_numbers(args)
         jobs = [(p, args.seed + k) for p in prompts for k in range(args.num_images)]
         names = [f"{i:03d}_{_slug(p)}_seed{seed}" for i, (p, seed) in enumerate(jobs)]
         out = _output_folder(args, checkpoint, names)
@@ -151,6 +154,14 @@ def _read_prompts(args) -> list[str]:
     if not prompts:
         raise UsageError('no prompt given: pass --prompt "a red circle" (repeatable) or --prompts-file FILE')
     return prompts
+
+
+def _fill_run_defaults(args, checkpoint: Path) -> None:
+    """Settings not given on the command line come from the run's config (sampling.*), as in its reports."""
+    run = run_sampling(checkpoint)
+    for flag, key in (("num_inference_steps", "num_inference_steps"), ("scheduler", "scheduler"), ("guidance_scale", "guidance_scale")):
+        if getattr(args, flag) is None:
+            setattr(args, flag, getattr(run, key))
 
 
 def _check_numbers(args) -> None:
