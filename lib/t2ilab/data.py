@@ -24,18 +24,13 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 
 from t2ilab.config import ConfigError, DataConfig, load_config
+from t2ilab import folder
+from t2ilab.data_errors import DataError, DataWarning
 
 FORMAT_VERSION = 2  # bump when rendering, decoding or the cache layout changes: old caches are then ignored
 IMAGES_FILE = "images.safetensors"
 META_FILE = "meta.json"
 
-
-class DataError(ValueError):
-    """The data set cannot be built (bad data.path, nothing usable); the message says what was found."""
-
-
-class DataWarning(UserWarning):
-    """Something in the data was skipped or rebuilt; training goes on."""
 
 
 @dataclass
@@ -159,8 +154,6 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
 def _folder_listing(data_cfg: DataConfig) -> list[tuple[str, int, int]] | None:
     if data_cfg.source != "folder":
         return None
-    from t2ilab import folder  # here, not at the top: folder.py imports DataError from this module
-
     return folder.list_files(str(data_cfg.path), exclude=Path(data_cfg.cache_dir))
 
 
@@ -192,8 +185,6 @@ def _build(data_cfg: DataConfig, listing: list[tuple[str, int, int]] | None) -> 
         meta = {"source": "shapes", "captions": list(captions), "specs": list(specs), "skipped": {}, "summary": None,
                 "ids": [str(i) for i in range(n)]}
     else:
-        from t2ilab import folder
-
         found = folder.load_folder(str(data_cfg.path), listing or [], res, n)
         pixels = found.images
         meta = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from t2ilab.data import DataError
+from t2ilab.data_errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 METADATA = "metadata.jsonl"  # Hugging Face imagefolder convention: {"file_name": "a.png", "text": "..."} per line
