@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 
 from t2ilab import readable
 from t2ilab.judge import SKILLS
-from t2ilab.quality import _jsonable  # the one JSON cleaner (numpy scalars unwrapped, NaN -> null) of the reviews
-from t2ilab.report_notebook import read_json, write_text
+from t2ilab.files import write_json, write_text
+from t2ilab.report_notebook import read_json
 
 TABLES_FILE = "arms.txt"
 OVERALL = "strict overall"
@@ -110,7 +110,7 @@ def write_results(result: dict, folder: str | Path) -> Path:
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "arms.json"
-    write_text(path, json.dumps(_jsonable(result), indent=2, sort_keys=False))
+    write_json(path, result, sort_keys=False)
     if any((r.get("judged") for r in (result.get("arms") or {}).values())):
         write_text(root / TABLES_FILE, render(result) + "\n")
     return path

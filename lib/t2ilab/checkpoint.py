@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+from t2ilab.files import write_json
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 REQUIRED_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler", "config.yaml")
@@ -195,7 +197,7 @@ def write_checkpoint(output_dir: str | Path, name: str, write_parts, manifest: d
         tmp.mkdir()
         write_parts(tmp)
         full_manifest = {"format": FORMAT_VERSION, **manifest, "complete": True, "written_at": time.time()}
-        _write_json_durably(tmp / MANIFEST, full_manifest)
+        write_json(tmp / MANIFEST, full_manifest, durable=True)
         if final.exists():
             old = root / f".old-{name}"
             if old.exists():
@@ -214,13 +216,6 @@ def write_checkpoint(output_dir: str | Path, name: str, write_parts, manifest: d
             ) from exc
         raise
     return final
-
-
-def _write_json_durably(path: Path, obj: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def remove_stale_temporaries(output_dir: str | Path) -> list[str]:

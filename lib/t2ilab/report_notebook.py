@@ -8,16 +8,15 @@ import base64
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from t2ilab.checkpoint import MANIFEST
+from t2ilab.files import jsonable, write_text  # noqa: F401  (reports.py and report_index.py import them from here)
 
 KERNEL = "t2ilab"  # registered by `make install`; the venv's own python3 kernel is the fallback
 SCHEMA_VERSION = 1
@@ -44,21 +43,6 @@ class ReportResult:
     error: str | None = None
     size_bytes: int = 0
     index_html: Path | None = None  # the run's index.html, written after all reports
-
-
-def jsonable(x: Any) -> Any:
-    """Plain JSON types: numpy scalars become numbers, NaN/inf None, paths and other objects strings."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
-        x = x.item()  # numpy / torch scalars
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if x is None or isinstance(x, (bool, int, str)):
-        return x
-    return str(x)
 
 
 def report_key(checkpoint: Path, notebook: Path, parameters: dict) -> str:
@@ -178,13 +162,6 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write through a temp file and rename, so a killed runner never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def shrink_images(nb, max_image_bytes: int = IMAGE_MAX_BYTES, budget: int = IMAGES_BUDGET_BYTES) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import t2ilab
 from t2ilab.checkpoint import CheckpointError, resolve_checkpoint
 from t2ilab.cli import caller_path
 from t2ilab.config import SEED_MAX, run_sampling
+from t2ilab.files import write_atomically
 from t2ilab.pipeline import SCHEDULERS, CheckpointWarning, check_prompt, load_pipeline
 
 MAX_PROMPT_CHARS = 100_000  # longer prompts are refused (the text encoder reads only its first tokens anyway)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     grid = make_grid(written, columns=args.num_images)
-    _write_atomically(out / "grid.png", lambda f: grid.save(f, format="PNG"))
+    write_atomically(out / "grid.png", lambda f: grid.save(f, format="PNG"))
     print(f"wrote {len(written)} images and their .json sidecars to {out}")
     print(f"grid: {out / 'grid.png'}")
     return 0
@@ -127,8 +127,8 @@ def _sample_all(args, pipe, jobs, names, checks, out: Path, written: list) -> No
             for i, ((prompt, seed), image) in enumerate(zip(batch, images), start=start):
                 name = names[i]
                 sidecar = _sidecar(args, pipe, prompt, seed, seconds, checks[prompt], f"{name}.png")
-                _write_atomically(out / f"{name}.png", lambda f, im=image: im.save(f, format="PNG"))
-                _write_atomically(out / f"{name}.json", lambda f, d=sidecar: f.write(json.dumps(d, indent=2).encode()))
+                write_atomically(out / f"{name}.png", lambda f, im=image: im.save(f, format="PNG"))
+                write_atomically(out / f"{name}.json", lambda f, d=sidecar: f.write(json.dumps(d, indent=2).encode()))
                 written.append((image, prompt, seed))
             bar.update(len(batch))
 
@@ -226,18 +226,6 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"cannot write to {out}: {probe} is not writable ({exc.strerror}); pass another --output") from None
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temp file in the same folder and rename, so a crash leaves no half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sidecar(args, pipe, prompt: str, seed: int, seconds: float, check: dict, image: str) -> dict:
