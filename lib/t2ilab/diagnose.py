@@ -200,8 +200,11 @@ def _recommend(verdict: str, reason: str, ev: dict, timing: dict, train: pd.Data
         if ev["val_direction"] == "down":
             why.append(f"{ev['val_series']} still falls ({100 * ev['val_rel_slope']:+.2f} %/epoch)")
         unknown = "" if ev["skills_known"] else " (no skill curve to confirm it: run `t2ilab report --run OUTPUT_DIR`)"
-        return (f"start a new warm-restart segment, not more epochs at this rate or a lower one: the "
-                f"{ev['schedule_text']}, while {' and '.join(why)}{unknown}. {_restart(ev, further, train, val)}")
+        spent = (f"the {ev['schedule_schedule'] or 'learning-rate'} schedule has decayed to "
+                 f"{ev['schedule_fraction_of_peak']:.1%} of its peak ({fmt_lr(ev['lr'])} of "
+                 f"{fmt_lr(ev['schedule_peak_lr'])})")
+        return (f"start a new warm-restart segment, not more epochs at this rate or a lower one: {spent} while "
+                f"{' and '.join(why)}{unknown}. {_restart(ev, further, train, val)}")
     if verdict == "still_improving":
         target = timing.get("target_epochs")
         if target is None or ev["epochs_done"] >= target:
@@ -219,7 +222,8 @@ def _recommend(verdict: str, reason: str, ev: dict, timing: dict, train: pd.Data
             target, timing = further, eta(train, val, further)
         return (f"continue training to {target} epochs: the validation loss is flat but skills still rise "
                 f"({ev['skills_rising_text']}); {timing['text']}")
-    if ev["lr"] and ev["peak_lr"] and ev["lr"] < LR_LOW_FRACTION * ev["peak_lr"]:
+    low = ev["lr"] is not None and ev["peak_lr"] and ev["lr"] < LR_LOW_FRACTION * ev["peak_lr"]  # a cosine ends at 0
+    if low or ev["schedule_decayed"]:
         decayed = f"an already decayed learning rate ({fmt_lr(ev['lr'])}, peak {fmt_lr(ev['peak_lr'])})"
         if ev["skills_known"]:  # flat loss and flat skills: the evidence for "won't help"
             return (f"the loss and the skills have both stopped at {decayed} ({ev['skills_text']}): more epochs or a "
@@ -238,7 +242,7 @@ def _restart(ev: dict, target: int, train: pd.DataFrame, val: pd.DataFrame) -> s
     resume = f"--resume {ev['resume_checkpoint']}" if ev["resume_checkpoint"] else "--config CONFIG --resume latest"
     return (f"Resume with a new cosine from {fmt_lr(rate)} (half the run's peak {fmt_lr(peak)}, as `t2ilab arms`' "
             f"restart arm) to {target} epochs: `t2ilab train {resume} --set training.lr_restart={fmt_lr(rate)} "
-            f"--set training.num_epochs={target}` ({eta(train, val, target)['text']})")
+            f"--set training.num_epochs={target}`; {eta(train, val, target)['text']}")
 
 
 TREND_WORDS = {"down": "falling", "up": "rising", "flat": "no clear trend: its CI includes zero"}
@@ -355,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"schedule: {ev['schedule_text']}\nskills: {ev['skills_text']}")
     print(f"eta: {result.eta['text']}\nevidence:")
     for key, value in result.to_dict()["evidence"].items():
-        print(f"  {key:<22} {f'{value:.4g}' if isinstance(value, float) else value}")
+        print(f"  {key:<26} {f'{value:.4g}' if isinstance(value, float) else value}")
     if train.attrs.get("skipped_lines"):
         print(f"({train.attrs['skipped_lines']} unreadable lines in {train.attrs['path']} were skipped)")
     return 0

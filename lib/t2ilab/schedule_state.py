@@ -44,18 +44,20 @@ class ScheduleState:
         return asdict(self)
 
     def text(self) -> str:
-        """'cosine schedule at 2 % of its peak (2e-6 of 1e-4), 0 steps left: decayed to ~0'."""
+        """'cosine schedule at 2.0% of its peak (2e-6 of 1e-4, 40 steps left, logged): decayed to ~0 (below 5%)'."""
         if self.lr is None:
             return "learning-rate schedule unknown: no lr in metrics.jsonl and no checkpoint to recompute it from"
         left = f", {self.steps_left} steps left" if self.steps_left is not None else ""
-        where = f" at {self.fraction_of_peak:.0%} of its peak" if self.fraction_of_peak is not None else ""
+        where = f" at {self.fraction_of_peak:.1%} of its peak" if self.fraction_of_peak is not None else ""
         peak = f" of {fmt_lr(self.peak_lr)}" if self.peak_lr else ""
         state = f": decayed to ~0 (below {DECAYED_FRACTION:.0%})" if self.decayed else ""
         return f"{self.schedule or 'learning-rate'} schedule{where} ({fmt_lr(self.lr)}{peak}{left}, {self.source}){state}"
 
 
 def fmt_lr(lr: float) -> str:
-    """5e-05 -> '5e-5', 0.000125 -> '1.25e-4'."""
+    """5e-05 -> '5e-5', 0.000125 -> '1.25e-4', 0 -> '0'."""
+    if lr == 0:
+        return "0"
     mantissa, exponent = f"{lr:.2e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
 
