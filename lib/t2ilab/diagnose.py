@@ -38,6 +38,7 @@ SAMPLER_MIN_HEADROOM_SHARE = 0.5  # ... when the best setting also closes at lea
 QUALITY_GOOD_SHARE = 0.9  # default-sampler score at least this share of the ceiling: images are good already
 ETA_WINDOW = 10  # recent epochs whose median duration the ETA uses
 
+
 @dataclass
 class Diagnosis:
     """A verdict on a run, the numbers behind it, and what to do next."""
