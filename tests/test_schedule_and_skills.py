@@ -89,3 +89,22 @@ def test_one_milestone_or_none_gives_no_rise_and_says_why(tmp_path):
     _review(tmp_path / "epoch-0010", {"color": _skill(45)})
     curve = skill_curve(milestone_skills(tmp_path))
     assert not curve[0]["still_rising"] and "a curve needs two" in curve_sentence(curve)
+
+
+def test_the_recommended_restart_command_runs_and_starts_the_new_segment_at_its_rate(tiny_config, tmp_path):
+    import shlex
+
+    from t2ilab.diagnose import diagnose_run
+    from t2ilab.train import main as train_main
+
+    train(tiny_config("training.lr_scheduler=cosine"), progress="none")
+    reports = tmp_path / "reports" / "run"
+    _review(reports / "epoch-0002", {"color": _skill(45)})
+    _review(reports / "epoch-0004", {"color": _skill(81)})
+    out = diagnose_run(tmp_path / "run", reports_dir=reports)
+    assert out["verdict"] == "decayed_still_learning", out["summary"]
+    command = shlex.split(out["recommendation"].split("`")[-2])  # the last `...` in the text is the command
+    assert command[:2] == ["t2ilab", "train"] and "training.lr_restart=5e-4" in command
+    assert train_main(command[2:] + ["--progress", "none"]) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint-epoch-0010" / "training_state" / "state.json").read_text())
+    assert state["lr_segment"]["base_lr"] == 5e-4 and state["lr_segment"]["start_step"] == 12

@@ -241,8 +241,11 @@ def _restart(ev: dict, target: int, train: pd.DataFrame, val: pd.DataFrame) -> s
     if not rate:
         return "resume with a new cosine segment (--set training.lr_restart=<half the run's peak>)"
     resume = f"--resume {ev['resume_checkpoint']}" if ev["resume_checkpoint"] else "--config CONFIG --resume latest"
-    return (f"Resume with a new cosine from {fmt_lr(rate)} (half the run's peak {fmt_lr(peak)}, as `t2ilab arms`' "
-            f"restart arm) to {target} epochs: `t2ilab train {resume} --set training.lr_restart={fmt_lr(rate)} "
+    restarted = ev["schedule_lr_restart"]
+    why = (f"half the last restart's peak {fmt_lr(restarted)}: the run already restarted at half its peak"
+           if restarted and math.isclose(rate, restarted / 2) else
+           f"half the run's peak {fmt_lr(peak)}, as `t2ilab arms`' restart arm")
+    return (f"Resume with a new cosine from {fmt_lr(rate)} ({why}) to {target} epochs: `t2ilab train {resume} --set training.lr_restart={fmt_lr(rate)} "
             f"--set training.num_epochs={target}`; {eta(train, val, target)['text']}")
 
 
