@@ -137,7 +137,8 @@ def _learning_evidence(schedule: ScheduleState, curve: list[dict], checkpoint: s
     """The schedule's state and the skill curve, as evidence keys (schedule_*, skills_*)."""
     up = skill_curve.rising(curve)
     return {**{f"schedule_{k}": v for k, v in schedule.to_dict().items()}, "schedule_text": schedule.text(),
-            **({"lr": schedule.lr} if schedule.lr is not None else {}), "skills_known": any(r["overall_change"] for r in curve),
+            **({"lr": schedule.lr} if schedule.lr is not None else {}),
+            "skills_known": any(r["overall_change"] for r in curve),
             "skills_rising": [r["skill"] for r in up], "skills_rising_text": "; ".join(map(skill_curve.describe, up)),
             "skills_flat": [r["skill"] for r in curve if not r["still_rising"]],
             "skills_text": skill_curve.curve_sentence(curve, reports_dir or "the run's reports folder"),
@@ -245,7 +246,8 @@ def _restart(ev: dict, target: int, train: pd.DataFrame, val: pd.DataFrame) -> s
     why = (f"half the last restart's peak {fmt_lr(restarted)}: the run already restarted at half its peak"
            if restarted and math.isclose(rate, restarted / 2) else
            f"half the run's peak {fmt_lr(peak)}, as `t2ilab arms`' restart arm")
-    return (f"Resume with a new cosine from {fmt_lr(rate)} ({why}) to {target} epochs: `t2ilab train {resume} --set training.lr_restart={fmt_lr(rate)} "
+    return (f"Resume with a new cosine from {fmt_lr(rate)} ({why}) to {target} epochs: "
+            f"`t2ilab train {resume} --set training.lr_restart={fmt_lr(rate)} "
             f"--set training.num_epochs={target}`; {eta(train, val, target)['text']}")
 
 
