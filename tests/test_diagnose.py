@@ -1,4 +1,5 @@
-"""Loss diagnosis on synthetic metrics.jsonl logs: each verdict, deduplication of resumed runs, ETA, plots, CLI."""
+"""Loss diagnosis on synthetic metrics.jsonl logs: each verdict (the schedule's state and the skill curve included),
+deduplication of resumed runs, ETA, plots, CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from t2ilab.diagnose import MetricsError, diagnose, diagnose_run, eta, format_duration, main, read_metrics
+from t2ilab.diagnose import VERDICTS, MetricsError, diagnose, diagnose_run, eta, format_duration, main, read_metrics
+from t2ilab.judge import wilson_interval
+from t2ilab.skill_curve import skill_curve
 
 LOGS_PER_EPOCH = 5
 STEPS_PER_EPOCH = 50
@@ -17,8 +20,10 @@ STEPS_PER_EPOCH = 50
 
 def records(val_loss, train_loss=None, *, first_epoch=1, seed=0, ema=True, epoch_seconds=10.0, num_epochs=200,
             lr=1e-4, noise=0.02, spikes=(), nan_epochs=()):
-    """metrics.jsonl records for epochs first_epoch.. with the given per-epoch losses (noisy per log interval)."""
+    """metrics.jsonl records for epochs first_epoch.. with the given per-epoch losses (noisy per log interval);
+    `lr` is a number or a function of the global step."""
     rng = np.random.default_rng(seed)
+    lr_of = lr if callable(lr) else (lambda step: lr)
     train_loss = val_loss if train_loss is None else train_loss
     out = []
     for i, (v, t) in enumerate(zip(val_loss, train_loss)):
@@ -29,12 +34,13 @@ def records(val_loss, train_loss=None, *, first_epoch=1, seed=0, ema=True, epoch
             loss = loss * 4 if (epoch, j) in spikes else loss
             loss = math.nan if epoch in nan_epochs else loss
             bins = [loss * (2 - k / 10) for k in range(10)]
-            out.append({"type": "train", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "grad_norm": 0.8,
+            out.append({"type": "train", "epoch": epoch, "step": step, "loss": loss, "lr": lr_of(step), "grad_norm": 0.8,
                         "samples_per_s": 400.0, "time": 1e9 + epoch * epoch_seconds, "loss_bins": bins})
         out.append({"type": "val", "epoch": epoch, "step": epoch * STEPS_PER_EPOCH, "val_loss": v,
                     "val_loss_ema": v * 0.98 if ema else None, "val_loss_bins": [v * (2 - k / 10) for k in range(10)],
                     "val_loss_ema_bins": None, "train_loss": t, "epoch_seconds": epoch_seconds,
-                    "samples_per_s": 400.0, "num_epochs": num_epochs, "lr": lr, "time": 1e9 + epoch * epoch_seconds})
+                    "samples_per_s": 400.0, "num_epochs": num_epochs, "lr": lr_of(epoch * STEPS_PER_EPOCH),
+                    "time": 1e9 + epoch * epoch_seconds})
     return out
 
 
@@ -50,6 +56,26 @@ def decaying(n, seed=0, sigma=5e-4):
 
 def flat(n, seed=0, sigma=5e-4, level=0.05):
     return level + sigma * np.random.default_rng(seed).standard_normal(n)
+
+
+def cosine(num_epochs, peak=1e-4):
+    """The lr of a cosine over num_epochs without warm-up (diffusers' shape), by global step."""
+    return lambda step: peak * 0.5 * (1 + math.cos(math.pi * min(step / (num_epochs * STEPS_PER_EPOCH), 1.0)))
+
+
+def skills_at(scores: dict[int, dict[str, float]], n: int = 100) -> dict[int, dict[str, dict]]:
+    """epoch -> skill -> {accuracy, ci_low, ci_high, n} as a quality review stores them, from plain accuracies."""
+    out = {}
+    for epoch, by_skill in scores.items():
+        out[epoch] = {}
+        for skill, accuracy in by_skill.items():
+            low, high = wilson_interval(round(accuracy * n), n)
+            out[epoch][skill] = {"accuracy": accuracy, "ci_low": low, "ci_high": high, "n": n}
+    return out
+
+
+RISING = {20: {"color": 0.45, "shape": 0.30}, 30: {"color": 0.62, "shape": 0.31}, 40: {"color": 0.81, "shape": 0.32}}
+FLAT = {20: {"color": 0.60, "shape": 0.30}, 30: {"color": 0.61, "shape": 0.31}, 40: {"color": 0.60, "shape": 0.32}}
 
 
 def run(tmp_path, recs, **kwargs):
@@ -249,3 +275,67 @@ def test_cli_diagnose_command_prints_verdict_and_rejects_a_missing_dir(tmp_path,
     assert "verdict: still_improving" in out and "recommendation: continue training" in out
     assert cli.main(["diagnose", str(tmp_path / "nope")]) == 2
     assert "no metrics log" in capsys.readouterr().err
+
+
+def test_every_verdict_has_a_test():
+    names = {name[5:] for name in globals() if name.startswith("test_")}
+    tested = {"still_improving": "still_improving", "plateau": "plateau", "unstable": "unstable",
+              "overfitting": "overfitting", "too_early": "too_early", "decayed_still_learning": "decayed"}
+    assert set(tested) == set(VERDICTS)
+    assert all(any(word in name for name in names) for word in tested.values())
+
+
+def test_decayed_cosine_with_rising_skills_recommends_a_warm_restart_with_its_rate(tmp_path):
+    # The issue's case: the loss is flat, the cosine has reached ~0, and colour still rises significantly.
+    d = run(tmp_path, records(flat(40), num_epochs=40, lr=cosine(40)), skills=skill_curve(skills_at(RISING)))
+    assert d.verdict == "decayed_still_learning", d.summary
+    assert d.evidence["schedule_decayed"] and d.evidence["schedule_fraction_of_peak"] < 0.05
+    assert d.evidence["skills_rising"] == ["color"] and d.evidence["skills_flat"] == ["shape"]
+    assert d.evidence["schedule_restart_rate"] == pytest.approx(5e-5)  # half the run's peak, as arms' restart arm
+    text = d.recommendation
+    assert "training.lr_restart=5e-5" in text and "training.num_epochs=60" in text, text
+    assert "color 0.45 → 0.81 (epochs 20 → 40" in text and "won't help" not in text
+    assert "t2ilab train --config CONFIG --resume latest" in text and "20 epochs left" in text
+
+
+def test_decayed_cosine_with_falling_loss_and_no_reports_still_recommends_a_restart(tmp_path):
+    # No reports folder: the skills are unknown, and the falling validation loss alone is evidence of learning.
+    d = run(tmp_path, records(decaying(40), num_epochs=40, lr=cosine(40)))
+    assert d.verdict == "decayed_still_learning" and not d.evidence["skills_known"]
+    assert "training.lr_restart=5e-5" in d.recommendation and "still falls" in d.recommendation
+    assert "no skill curve to confirm it" in d.recommendation
+
+
+def test_decayed_flat_loss_says_wont_help_only_when_the_skills_are_flat_too(tmp_path):
+    recs = records(flat(40), num_epochs=40, lr=cosine(40))
+    flat_skills = run(tmp_path, recs, skills=skill_curve(skills_at(FLAT)))
+    assert flat_skills.verdict == "plateau"
+    assert "won't help" in flat_skills.recommendation and "add data" in flat_skills.recommendation
+    unknown = run(tmp_path, recs)  # no skill curve: neither "won't help" nor a restart claimed as needed
+    assert unknown.verdict == "plateau" and "won't help" not in unknown.recommendation
+    assert "if skills still rise" in unknown.recommendation and "training.lr_restart=5e-5" in unknown.recommendation
+
+
+def test_plateau_with_rising_skills_keeps_training_instead_of_lowering_the_rate(tmp_path):
+    d = run(tmp_path, records(flat(40)), skills=skill_curve(skills_at(RISING)))  # constant 1e-4: not decayed
+    assert d.verdict == "plateau" and not d.evidence["schedule_decayed"]
+    assert d.recommendation.startswith("continue training to 200 epochs") and "color 0.45 → 0.81" in d.recommendation
+    assert "lower learning rate" not in d.recommendation
+
+
+def test_diagnose_run_and_cli_read_the_reports_folder(tmp_path, capsys):
+    run_dir, reports = tmp_path / "run", tmp_path / "reports" / "run"
+    run_dir.mkdir()
+    write(run_dir, records(flat(40), num_epochs=40, lr=cosine(40)))
+    for epoch, skills in skills_at(RISING).items():
+        (reports / f"epoch-{epoch:04d}").mkdir(parents=True)
+        sidecar = {"notebook": "quality_review", "status": "ok", "metrics": {"skills": skills}}
+        (reports / f"epoch-{epoch:04d}" / "quality_review.metrics.json").write_text(json.dumps(sidecar))
+    out = diagnose_run(run_dir, reports_dir=reports)
+    json.dumps(out, allow_nan=False)
+    assert out["verdict"] == "decayed_still_learning" and [s["skill"] for s in out["skills"]] == ["color", "shape"]
+    assert diagnose_run(run_dir, reports_dir=tmp_path / "none")["verdict"] == "plateau"  # skills unknown, loss flat
+    assert main([str(run_dir), "--reports-dir", str(reports)]) == 0
+    printed = capsys.readouterr().out
+    assert "verdict: decayed_still_learning" in printed and "training.lr_restart=5e-5" in printed
+    assert "schedule: learning-rate schedule at 0.0% of its peak" in printed and "skills still rising" in printed

@@ -21,8 +21,9 @@ from t2ilab.files import jsonable, write_text  # noqa: F401  (reports.py and rep
 KERNEL = "t2ilab"  # registered by `make install`; the venv's own python3 kernel is the fallback
 SCHEMA_VERSION = 1
 DEFAULT_TIMEOUT = 3600  # seconds per notebook cell (papermill's execution_timeout)
-NOT_IN_KEY = ("metrics_path", "previous_review")  # where reports live is not an input: moving reports/ must not
-# rerun them (a previous review read from its sidecar gives the same numbers as rescoring its checkpoint)
+NOT_IN_KEY = ("metrics_path", "previous_review", "reports_dir")  # where reports live is not an input: moving
+# reports/ must not rerun them (a previous review read from its sidecar gives the same numbers as rescoring its
+# checkpoint; the loss diagnosis reads the skill curve from reports_dir as it stands when it runs)
 IMAGE_MAX_BYTES = 250_000  # one output image above this is recompressed (JPEG) or downscaled
 REPORT_BUDGET_BYTES = 3_000_000  # each report file (.ipynb, .html) stays below this
 IMAGES_BUDGET_BYTES = 2_500_000  # all images of one report: the budget less the HTML page's ~0.4 MB of styles

@@ -74,13 +74,15 @@ def select_milestones(spec: str | list[int] | None, available: dict[int, Path], 
 
 
 def default_parameters(name: str, checkpoint: Path, previous: Path | None, run_dir: Path, cfg: Config,
-                       previous_dir: Path | None = None) -> dict:
+                       previous_dir: Path | None = None, run_reports_dir: Path | None = None) -> dict:
     """The parameters the runner passes to a report notebook, from the checkpoint's run config.
 
     `previous_dir`: the previous milestone's report folder, whose quality review the new one reads its
-    "better than before?" score from instead of sampling the previous checkpoint again."""
+    "better than before?" score from instead of sampling the previous checkpoint again; `run_reports_dir`: the
+    run's reports folder, whose quality reviews give the loss diagnosis its skill curve."""
     if name == "loss_diagnosis":
-        return {"run_dir": str(run_dir), "checkpoint": str(checkpoint)}
+        return {"run_dir": str(run_dir), "checkpoint": str(checkpoint)} | (
+            {"reports_dir": str(run_reports_dir)} if run_reports_dir is not None else {})
     if name == "quality_review":  # sampler settings and N come from the checkpoint's config inside the notebook
         return {"checkpoint": str(checkpoint), "previous_checkpoint": str(previous) if previous else None,
                 "previous_review": str(previous_dir / f"{name}.metrics.json") if previous and previous_dir else None,
@@ -122,7 +124,8 @@ def run_reports(run_dir: str | Path, milestones: str | list[int] | None = "all",
             previous, previous_dir = ((available[previous_epoch], epoch_folder(run_reports_dir, previous_epoch))
                                       if previous_epoch is not None else (None, None))
             for name in names:
-                parameters = default_parameters(name, checkpoint, previous, run, cfg, previous_dir) | overrides[name]
+                parameters = default_parameters(name, checkpoint, previous, run, cfg, previous_dir,
+                                                run_reports_dir) | overrides[name]
                 result = run_one(name, sources[name], checkpoint, epoch_folder(run_reports_dir, epoch), parameters,
                                  run.name, epoch, kernel, nb_dir, timeout, force)
                 log(f"epoch {epoch:>5}  {name:<16} {result.status:<8} {result.seconds:7.1f} s  {result.notebook_path}"
