@@ -95,7 +95,7 @@ def test_the_recommended_restart_command_runs_and_starts_the_new_segment_at_its_
     import shlex
 
     from t2ilab.diagnose import diagnose_run
-    from t2ilab.train import main as train_main
+    from t2ilab.train_cli import main as train_main
 
     train(tiny_config("training.lr_scheduler=cosine"), progress="none")
     reports = tmp_path / "reports" / "run"

@@ -23,7 +23,7 @@ from t2ilab.config import load_config
 from t2ilab.metrics_log import METRICS_FILE, MetricsError, read_metrics  # noqa: F401  (re-exported)
 from t2ilab.paths import resolve_path
 from t2ilab.plots import plot_training  # noqa: F401  (re-exported: notebooks call diagnose.plot_training)
-from t2ilab.report_notebook import jsonable
+from t2ilab.files import jsonable
 from t2ilab.schedule_state import ScheduleState, fmt_lr, schedule_state
 from t2ilab.trends import CI_LEVEL, count_spikes, direction, slope  # noqa: F401  (count_spikes re-exported)
 

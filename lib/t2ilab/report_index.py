@@ -27,7 +27,7 @@ def _losses(run_dir: Path, checkpoint: Path | None, epoch: int) -> dict:
         except ValueError:
             metrics = {}
     if not metrics.get("val_loss") and (run_dir / "metrics.jsonl").is_file():
-        from t2ilab.diagnose import MetricsError, read_metrics
+        from t2ilab.metrics_log import MetricsError, read_metrics
 
         try:
             _, val = read_metrics(run_dir)
