@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from t2ilab.arms_report import render
-    from t2ilab.cli import caller_overrides, caller_path
+    from t2ilab.paths import caller_overrides, caller_path
     from t2ilab.runlog import RunLockedError
 
     args = build_parser().parse_args(argv)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from pathlib import Path
 
@@ -18,40 +17,6 @@ COMMANDS = {
     "diagnose": ("t2ilab.diagnose", "verdict, evidence and next step from a run's loss log (t2ilab diagnose OUTPUT_DIR)"),
     "arms": ("t2ilab.arms", "branch a checkpoint into the guide's arms, train and judge each vs continue (t2ilab arms CKPT)"),
 }
-
-
-def caller_path(path: str | None) -> str | None:
-    """A relative path as the user meant it: from the directory ./run_train.sh was called in (T2ILAB_CALLER_DIR)."""
-    caller = os.environ.get("T2ILAB_CALLER_DIR")
-    if not path or not caller or path == "latest" or Path(path).is_absolute():
-        return path
-    return str(Path(caller) / path)
-
-
-def caller_overrides(overrides: list[str], keys: tuple[str, ...] = ("output_dir", "data.path")) -> list[str]:
-    """`--set output_dir=runs/a` resolved from the caller's directory, like the path flags."""
-    out = []
-    for text in overrides:
-        key, sep, value = text.partition("=")
-        out.append(f"{key}={caller_path(value.strip())}" if sep and key.strip() in keys and value.strip() else text)
-    return out
-
-
-def launcher_processes() -> int | None:
-    """--num_processes of an `accelerate launch` that started this process, read from the parent's command line."""
-    try:
-        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return None
-    if not any(a.endswith("accelerate") for a in argv[:2]) or "launch" not in argv:
-        return None
-    for i, a in enumerate(argv):
-        for flag in ("--num_processes", "--num-processes"):
-            if a == flag and i + 1 < len(argv) and argv[i + 1].isdigit():
-                return int(argv[i + 1])
-            if a.startswith(flag + "=") and a.split("=", 1)[1].isdigit():
-                return int(a.split("=", 1)[1])
-    return None
 
 
 def usage() -> str:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from t2ilab.checkpoint import CheckpointError, quiet_hub_progress, resolve_checkpoint
-from t2ilab.cli import caller_path
+from t2ilab.paths import caller_path
 from t2ilab.config import ConfigError, load_config
 from t2ilab.export_pipeline import pipeline_t2ilab
 from t2ilab.pipeline import METADATA_FILE, load_pipeline

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import math
 
-from t2ilab.judge import wilson_interval
+Z = 1.96  # 95% intervals
+
+
+def wilson_interval(successes: float, n: int, z: float = Z) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (sensible at 0% and 100%, unlike p +- z*se)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def difference_interval(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float, float, float]:

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from t2ilab.config import CATEGORIES
+from t2ilab.intervals import Z as _Z, wilson_interval  # noqa: F401  (wilson_interval re-exported)
 from t2ilab.shapes import BACKGROUND, CENTROID_DOWN, COLORS, SIZE_SPLIT, relation_offsets, render_shapes_dataset
 
 _BACKGROUND = np.array(BACKGROUND, dtype=np.float32)
@@ -31,7 +32,6 @@ ISOLATION_RESIDUAL = 0.45
 MIN_ISOLATION = 0.5
 MAX_SIDE = 0.5  # blobs wider than this fraction of the image are not objects of the data set
 RELATION_MIN_OFFSET = 0.1  # "A above B": B's centroid at least this fraction of the side lower, and the offset dominant
-_Z = 1.96  # 95% intervals
 
 
 def to_uint8_image(image) -> np.ndarray:
@@ -307,16 +307,6 @@ def skill_scores(judged: pd.DataFrame) -> pd.DataFrame:
         low, high = wilson_interval(hits, len(claimed))
         rows.append({"skill": skill, "n": len(claimed), "accuracy": hits / len(claimed), "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows, columns=["skill", "n", "accuracy", "ci_low", "ci_high"])
-
-
-def wilson_interval(successes: float, n: int, z: float = _Z) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (sensible at 0% and 100%, unlike p +- z*se)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 _CATEGORY_SKILLS = ("shape", "color", "count", "position")  # per-category skill columns of category_scores

@@ -7,6 +7,7 @@ works from any directory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "_bundled"
@@ -32,3 +33,20 @@ def resolve_path(value: str | Path) -> Path:
             if base is not None and (base / p).exists():
                 return base / p
     return p.resolve()
+
+
+def caller_path(path: str | None) -> str | None:
+    """A relative path as the user meant it: from the directory ./run_train.sh was called in (T2ILAB_CALLER_DIR)."""
+    caller = os.environ.get("T2ILAB_CALLER_DIR")
+    if not path or not caller or path == "latest" or Path(path).is_absolute():
+        return path
+    return str(Path(caller) / path)
+
+
+def caller_overrides(overrides: list[str], keys: tuple[str, ...] = ("output_dir", "data.path")) -> list[str]:
+    """`--set output_dir=runs/a` resolved from the caller's directory, like the path flags."""
+    out = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        out.append(f"{key}={caller_path(value.strip())}" if sep and key.strip() in keys and value.strip() else text)
+    return out

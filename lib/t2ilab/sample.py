@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import t2ilab
 from t2ilab.checkpoint import CheckpointError, resolve_checkpoint
-from t2ilab.cli import caller_path
+from t2ilab.paths import caller_path
 from t2ilab.config import SEED_MAX, run_sampling
 from t2ilab.files import write_atomically
 from t2ilab.pipeline import SCHEDULERS, CheckpointWarning, check_prompt, load_pipeline

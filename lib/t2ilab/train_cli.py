@@ -8,10 +8,27 @@ import sys
 from pathlib import Path
 
 from t2ilab.checkpoint import CheckpointError, padded
-from t2ilab.cli import caller_overrides, caller_path, launcher_processes
+from t2ilab.paths import caller_overrides, caller_path
 from t2ilab.config import Config, ConfigError, load_config
 from t2ilab.runlog import RunLockedError
 from t2ilab.train import TrainingDiverged, train
+
+
+def launcher_processes() -> int | None:
+    """--num_processes of an `accelerate launch` that started this process, read from the parent's command line."""
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not any(a.endswith("accelerate") for a in argv[:2]) or "launch" not in argv:
+        return None
+    for i, a in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            if a == flag and i + 1 < len(argv) and argv[i + 1].isdigit():
+                return int(argv[i + 1])
+            if a.startswith(flag + "=") and a.split("=", 1)[1].isdigit():
+                return int(a.split("=", 1)[1])
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
