@@ -377,14 +377,15 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
                       sweep: dict | None = DEFAULT_SWEEP, quick: bool = False, data_cache_dir: str | None = None,
                       prompts_file: str | Path | None = REVIEW_PROMPTS, distance_n: int | None = None,
                       encoder_steps: int = 300, seed: int = 0, batch_size: int = 64, device=None,
-                      previous_review: str | Path | None = None) -> dict:
-    """Scores, sampler sweep, KID/FD, memorization and prompt checks of one checkpoint as one JSON-safe dict.
+                      previous_review: str | Path | None = None, metrics: dict | None = None) -> dict:
+    """Scores, sampler sweep, KID/FD, standard metrics, memorization and prompt checks of one checkpoint as a dict.
 
     Sampling settings come from the checkpoint's config (sampling: section), N from reports.images_per_category
     (8 when quick). sweep=None skips the sweep; quick=True also shrinks the default sweep and distance sample.
     `previous`: an earlier review dict or checkpoint, to say whether this one is better. `previous_review`: the
     previous milestone's report sidecar (.metrics.json); when it scored `previous` with the same sampler, N and
     seed its score is read instead of sampling the previous checkpoint again (a missing file is not an error).
+    `metrics`: clip_model / inception_weights / feature_extractor overriding reports.* (review_distances).
     """
     start, timings = time.perf_counter(), {}
     path = resolve_checkpoint(checkpoint)
@@ -418,20 +419,14 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
         out.update(sweep=frame.to_dict(orient="records"), best_settings=best, guide_claims=answer_guide_claims(frame),
                    best_sampler_overall=best["best"]["accuracy"])
         timings["sweep"] = time.perf_counter() - tick
-    tick = time.perf_counter()
+    from t2ilab import review_distances  # here: it imports this module
+
     dataset = load_dataset(cfg.data)
-    generated, _ = sample_like_dataset(pipe, dataset, distance_n or (64 if quick else 256), seed, batch_size=batch_size, **sampling)
-    distance = features.distribution_distance(generated, dataset, cache_dir=cfg.data.cache_dir, encoder_steps=encoder_steps, seed=seed)
-    out.update(kid=distance["kid"], fd=distance["fd"], distance=distance)
-    timings["distance"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    if len(dataset.val_idx) >= 2:
-        as_hwc = lambda idx: dataset.images[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
-        memo = features.memorization(generated, as_hwc(dataset.train_idx), as_hwc(dataset.val_idx))
-        out["memorization"] = {k: v for k, v in memo.items() if k != "ratios"}
-    else:
-        out["memorization"] = {"skipped": f"needs >= 2 held-out images (data.val_fraction={cfg.data.val_fraction})"}
-    timings["memorization"] = time.perf_counter() - tick
+    settings = review_distances.metric_settings(cfg, **(metrics or {}))
+    measured, measured_timings = review_distances.measure(pipe, cfg, dataset, distance_n or (64 if quick else 256), settings,
+                                                          seed, batch_size, encoder_steps, sampling, prompts_file)
+    out.update(measured)
+    timings.update(measured_timings)
     if judged and prompts_file is not None and Path(prompts_file).is_file():
         tick = time.perf_counter()
         review = load_review_prompts(prompts_file)
