@@ -5,6 +5,7 @@ interval, or one sentence saying exactly what to put where.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,9 @@ def load_extractor(path: str, key: str, size: int | None = None) -> TorchScriptF
                                 f"{'is a folder' if file.is_dir() else 'does not exist'}; put {example} at {file}, "
                                 f"or point reports.{key} at where it is; {NEVER_DOWNLOADS}.")
     try:
-        module = torch.jit.load(str(file), map_location="cpu").eval()
+        with warnings.catch_warnings():  # "torch.jit.load is deprecated": the Inception files people have are TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(file), map_location="cpu").eval()
     except Exception as exc:
         raise MetricUnavailable(f"{what} unavailable: reports.{key}={path!r} is not a TorchScript file "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); it must be {example}.") from None
@@ -157,7 +160,9 @@ def fid_kid(real: torch.Tensor, generated: torch.Tensor, bootstrap: int = 20, se
              for _ in range(bootstrap)]
     low, high = (np.percentile(draws, [2.5, 97.5]) if draws else (None, None))
     subset = min(1000, len(real), len(generated))
-    kid_metric = KernelInceptionDistance(feature=_Precomputed(dim), subsets=100, subset_size=subset)
+    with warnings.catch_warnings():  # "will save all extracted features": that is the point here, they are few
+        warnings.simplefilter("ignore", UserWarning)
+        kid_metric = KernelInceptionDistance(feature=_Precomputed(dim), subsets=100, subset_size=subset)
     kid_metric.update(real, real=True)
     kid_metric.update(generated, real=False)
     with torch.random.fork_rng(devices=[]):  # KID draws its subsets from torch's global generator
