@@ -28,7 +28,8 @@ def make_photo_folder(folder: Path, n: int = 40, size: int = 24, seed: int = 0) 
         pixels = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
         name = f"photo_{i:03d}.png"
         Image.fromarray(pixels).save(folder / name)
-        lines.append(json.dumps({"file_name": name, "text": f"a {colour} {thing}"}))
+        article = "an" if colour[0] in "aeiou" else "a"
+        lines.append(json.dumps({"file_name": name, "text": f"{article} {colour} {thing}"}))
     (folder / "corrupt.png").write_bytes(b"this is not a PNG")
     lines.append(json.dumps({"file_name": "corrupt.png", "text": "a broken file"}))
     Image.fromarray(np.zeros((size, size, 3), dtype=np.uint8)).save(folder / "uncaptioned.png")

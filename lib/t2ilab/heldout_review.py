@@ -4,6 +4,7 @@ review prompts), and each generated image is shown next to the real held-out ima
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from t2ilab import quality, text
 from t2ilab.config import load_config
-from t2ilab.data import ImageCaptionSet, load_dataset
+from t2ilab.data import DataWarning, ImageCaptionSet, load_dataset
 from t2ilab.paths import REVIEW_PROMPTS
 
 HELDOUT = "held-out caption"
@@ -92,7 +93,9 @@ def review_grids(checkpoint, previous_checkpoint, review: dict, prompts_file: st
                  for c in (checkpoint, previous_checkpoint)]
         return quality.side_by_side(grids[0], grids[1], labels)
     overrides = [f"data.cache_dir={data_cache_dir}"] if data_cache_dir else None
-    dataset = load_dataset(load_config(Path(checkpoint) / "config.yaml", overrides).data)
+    with warnings.catch_warnings():  # skipped files: the review's first cell has said so already
+        warnings.simplefilter("ignore", DataWarning)
+        dataset = load_dataset(load_config(Path(checkpoint) / "config.yaml", overrides).data)
     rows, seeds = review["heldout"]["rows"], user_prompts(prompts_file)[1] or [0, 1, 2, 3]
     grids = [heldout_grid(c, dataset, rows, seeds, **review["sampling"]) if c else None
              for c in (checkpoint, previous_checkpoint)]

@@ -17,7 +17,7 @@ COLUMNS = {"clip": ("CLIP score [95% CI]", "CLIP score, generated (95% CI)"),
            "kid": ("KID (Inception) ± std", "KID on Inception features (± std)"),
            "fid_extractor": ("FID (extractor) [95% CI]", "FID on your feature extractor (bootstrap 95%)"),
            "kid_extractor": ("KID (extractor) ± std", "KID on your feature extractor (± std)"),
-           "domain_kid": ("in-domain KID ± std", "in-domain KID, autoencoder features (± std)")}
+           "domain_kid": ("in-domain KID ± std", "in-domain KID (± std)")}
 
 
 def _kid(kid: dict) -> dict:
@@ -93,7 +93,8 @@ def plot_metrics_vs_epoch(rows: list[dict], path: Path, dpi: int = 80) -> Path |
         ax.plot(x, y, marker="o", color=colour)
         ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
         n = points[-1][1].get("n")
-        ax.set(title=COLUMNS[key][1], xlabel="epoch", ylabel=f"n = {n} real images" if n else "")
+        kind = "generated" if key == "clip" else "real"  # CLIP scores generated images; the distances count real ones
+        ax.set(title=COLUMNS[key][1], xlabel="epoch", ylabel=f"n = {n} {kind} images" if n else "")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, format="png")

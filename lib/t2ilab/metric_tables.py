@@ -4,6 +4,8 @@ interval and one sentence on what it means; a metric that could not run shows th
 
 from __future__ import annotations
 
+import math
+
 from t2ilab import readable
 from t2ilab.features import SCALE_NOTE
 from t2ilab.readable import DASH, Note, Table, table_or_note
@@ -20,11 +22,13 @@ WHAT = {"inception_weights": "Inception", "feature_extractor": "feature extracto
 
 
 def value(x) -> str:
-    """Fixed decimals chosen by size (1 from 100, 2 from 1, else 4): never 2.1e+08, never nan."""
+    """Fixed decimals chosen by size (1 from 100, 2 from 1, else 4, more for tiny values): never 2.1e+08, never nan."""
     if readable.missing(x):
         return DASH
     x = float(x)
-    return readable.number(x, 1 if abs(x) >= 100 else 2 if abs(x) >= 1 else 4)
+    if abs(x) >= 1 or x == 0:
+        return readable.number(x, 1 if abs(x) >= 100 else 2)
+    return readable.number(x, min(8, max(4, 1 - math.floor(math.log10(abs(x))))))  # two significant digits at least
 
 
 def _interval(mean, low, high) -> str:
@@ -96,7 +100,8 @@ def distance_explanation(review: dict) -> str:
             "training images (no downloads). " + distance.get("scale", SCALE_NOTE))
     if minimum:
         text += f" Each needs at least {minimum} images per side (reports.min_distance_images); below that the table says so."
-    return text + " " + MEANING["kid"].capitalize() + "."
+    return text + (" KID is unbiased: two samples of one distribution score about 0 at any N (slightly negative is "
+                   "noise); FD is biased upward at small N, so compare milestones at the same N.")
 
 
 def heldout_table(review: dict) -> Table | Note:

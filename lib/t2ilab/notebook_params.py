@@ -4,6 +4,7 @@ the repo root (notebooks run in notebooks/), resume previews, the log up to a ch
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +103,16 @@ def memorization_view(checkpoint: str | Path, review: dict, data_cache_dir: str 
     are the images the review measured (quality.sample_like_dataset is deterministic per prompt and seed).
     """
     from t2ilab import features, heldout_review, quality
-    from t2ilab.data import load_dataset
+    from t2ilab.data import DataWarning, load_dataset
 
     memo = review.get("memorization") or {}
     if not memo.get("closest"):
         return None
     overrides = [f"data.cache_dir={data_cache_dir}"] if data_cache_dir else None
     cfg = load_config(Path(checkpoint) / "config.yaml", overrides)
-    dataset = load_dataset(cfg.data)
+    with warnings.catch_warnings():  # skipped files: the review's first cell has said so already
+        warnings.simplefilter("ignore", DataWarning)
+        dataset = load_dataset(cfg.data)
     shown = [pair["generated"] for pair in memo["closest"]]
     sample = heldout_review.sample_heldout if review.get("heldout") else quality.sample_like_dataset  # as the review drew them
     generated, _ = sample(checkpoint, dataset, memo["n_generated"], seed, only=shown, **review["sampling"])

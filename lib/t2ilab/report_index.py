@@ -109,7 +109,8 @@ NO_SKILLS_FOLDER = ("No skill scores: the exact judge reads the shapes data set 
                     "(folder data) measure the distances and standard metrics in the table above.")
 METRICS_NOTE = ("CLIP score: prompt-image agreement (higher is better); FID and KID: distance of generated from real "
                 "held-out images in Inception (or your extractor's) features, lower is better; in-domain KID: the same "
-                "in the features of an autoencoder trained on this data set (0..16 scale). n: real images compared.")
+                "in the features of an autoencoder trained on this data set (0..16 scale). n: images measured (CLIP score: "
+                "generated images; FID and KID: real images compared).")
 
 
 def skill_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
