@@ -142,6 +142,15 @@ def test_kid_is_near_zero_for_real_vs_real_and_large_for_noise(real_features):
     assert (same["n_a"], same["n_b"], same["subset_size"]) == (150, 150, 100)
 
 
+def test_in_domain_distances_are_on_the_stated_bounded_scale(real_features):
+    a, b, noise = real_features
+    for x in (a, b, noise):
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), np.sqrt(features.FEATURE_DIM))
+    far = features.kid(a, noise, subsets=20, subset_size=100)["mean"]
+    assert 0.1 < far <= 16, "bounded: the kernel of length-sqrt(d) features lies in [0, 8]"
+    assert features.frechet_distance(a, noise) <= 4 * features.FEATURE_DIM
+
+
 def test_frechet_distance_separates_noise_and_needs_more_samples_than_dimensions(real_features):
     a, b, noise = real_features
     assert features.frechet_distance(a, noise) > 10 * features.frechet_distance(a, b)
@@ -226,7 +235,11 @@ def test_review_checkpoint_returns_a_json_serialisable_review(trained_run, data_
     assert len(review["scores"]) == len(CATEGORIES) + 1 and 0 <= review["overall"] <= 1
     assert [row["skill"] for row in review["skills"]] == list(judge.SKILLS)
     assert all(row["n"] > 0 and row["ci_low"] <= row["accuracy"] <= row["ci_high"] for row in review["skills"])
-    assert review["kid"]["n_a"] == 16 and review["fd"] is None and "feature dimensions" in review["distance"]["fd_note"]
+    distance = review["distance"]  # 16 generated images: below reports.min_distance_images, a sentence, no number
+    assert review["kid"] is None and review["fd"] is None and distance["n_generated"] == 16
+    assert distance["kid_note"] == "too few training images for KID (have 16, need >= 20)"
+    assert distance["reference"] == "training" and "KID lies between 0 and 16" in distance["scale"]
+    assert review["standard"]["clip_score"]["status"] == "not configured"
     assert review["memorization"]["n_generated"] == 16 and "ratios" not in review["memorization"]
     assert review["guide_claims"]["steps"]["verdict"] == "not measured"  # no 50/100-step cells in this sweep
     assert [p["role"] for p in review["prompts"]] == ["short", "detailed"] and "beautiful" in review["prompts"][1]["unknown_words"]

@@ -140,9 +140,16 @@ class ReportsConfig(_Section):
     every_n_epochs: int | None = Field(None, ge=1, le=100_000)  # also every N epochs
     on_milestone: bool = False  # start reports in a separate process when a milestone checkpoint lands
     notebooks: list[str] = Field(default_factory=lambda: ["loss_diagnosis", "quality_review"])  # which reports
-    review_prompts: str = "configs/review_prompts.yaml"  # fixed prompts and seeds for grids
+    review_prompts: str = "configs/review_prompts.yaml"  # fixed prompts and seeds for grids (folder data: your own file adds rows)
     images_per_category: int = Field(200, ge=1, le=10_000)  # judge score sample size per category
     reports_dir: str = "reports"  # reports/<run>/epoch-NNNN/
+    heldout_prompts: int = Field(8, ge=1, le=64)  # folder data: held-out captions in the review grid
+    clip_model: str | None = Field(None, min_length=1)  # CLIP score: a local CLIP folder or a hub id already cached (never downloaded)
+    inception_weights: str | None = Field(None, min_length=1)  # FID/KID: a TorchScript Inception .pt (clean-fid / StyleGAN's inception-2015-12-05.pt)
+    feature_extractor: str | None = Field(None, min_length=1)  # FID/KID in another TorchScript model's features (float [0, 1] images -> (N, d))
+    feature_extractor_size: int | None = Field(None, ge=8, le=1024)  # images resized to this side for feature_extractor; None: data.resolution
+    min_distance_images: int = Field(20, ge=2, le=100_000)  # KID/FID/FD need this many images per side; fewer: a sentence, no number
+    bootstrap_resamples: int = Field(20, ge=0, le=1000)  # resamples for the FID interval (0: no interval)
 
     @field_validator("milestones")
     @classmethod

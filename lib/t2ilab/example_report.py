@@ -16,6 +16,7 @@ from pathlib import Path
 from t2ilab.paths import checkout_root
 
 INDEX_FILES = ("index.md", "index.html", "quality_vs_epoch.png")
+OPTIONAL_INDEX_FILES = ("metrics_vs_epoch.png",)
 MILESTONE = re.compile(r"epoch-(\d{4})$")
 TEXT_SUFFIXES = (".md", ".html", ".ipynb", ".json")
 NOTE = ("This example holds the index and the last milestone (epoch {epoch}) of one `make demo` run; the other "
@@ -65,6 +66,9 @@ def build_example(source: str | Path, destination: str | Path, repo_root: str | 
     (tmp / kept).mkdir(parents=True)
     for name in INDEX_FILES:
         shutil.copy2(source / name, tmp / name)
+    for name in OPTIONAL_INDEX_FILES:  # written only when a review measured a distance (metric_curves)
+        if (source / name).is_file():
+            shutil.copy2(source / name, tmp / name)
     for path in (source / kept).iterdir():
         if path.is_file():
             shutil.copy2(path, tmp / kept / path.name)

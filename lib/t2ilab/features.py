@@ -21,6 +21,11 @@ ENCODER_SIZE = 32  # images are resized (area) to this side before encoding, so 
 BOTTLENECK = 32  # autoencoder code size: layout, colours, composition
 FEATURE_DIM = BOTTLENECK + 16 + 32  # plus the log energy of each first- and second-layer filter (sharpness, noise)
 MEMORIZATION_THRESHOLD = 1 / 3  # see memorization()
+MIN_DISTANCE_IMAGES = 20  # default reports.min_distance_images: fewer images per side give a sentence, not a number
+# KID's cubic kernel on features of length sqrt(d) lies in [0, 8], so KID lies in [0, 16]; FD in [0, 4d].
+SCALE_NOTE = (f"Features: the {FEATURE_DIM} encoder features, standardised on the training images, then each image's "
+              f"vector scaled to length sqrt({FEATURE_DIM}), so no single far-off image dominates. On this scale KID "
+              f"lies between 0 and 16 and FD between 0 and {4 * FEATURE_DIM}; two real samples score near 0 on KID.")
 _ENCODERS: dict[tuple, "FeatureEncoder"] = {}  # in-process cache: (fingerprint, steps, seed) -> encoder
 
 
@@ -129,10 +134,13 @@ def load_or_train_encoder(dataset, cache_dir: str | Path | None = None, steps: i
 
 @torch.no_grad()
 def encode(encoder: FeatureEncoder, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Standardised features (N, FEATURE_DIM) float64 of uint8 images."""
+    """Features (N, FEATURE_DIM) float64 of uint8 images: standardised, then each row scaled to length sqrt(d)."""
     pixels = _to_input(images)
     raw = torch.cat([encoder.raw_features(chunk) for chunk in pixels.split(batch_size)])
-    return ((raw - encoder.feature_mean) / encoder.feature_std).double().numpy()
+    standard = ((raw - encoder.feature_mean) / encoder.feature_std).double()
+    # Standardised alone, a generated image unlike any training image sat thousands of stds out, and the cubic
+    # kernel turned that into KID ~ 1e8 (issue 14). On the sphere of radius sqrt(d) the kernel is bounded.
+    return (F.normalize(standard, dim=1) * FEATURE_DIM**0.5).numpy()
 
 
 def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
@@ -276,11 +284,14 @@ def memorization_figure(generated: np.ndarray, train_images: np.ndarray, heldout
 
 
 def distribution_distance(checkpoint_or_images, dataset, n: int = 256, cache_dir: str | Path | None = None,
-                          encoder_steps: int = 300, seed: int = 0, kid_subsets: int = 100, **sampling) -> dict:
-    """KID and Fréchet distance between generated images and a sample of the training split, in encoder features.
+                          encoder_steps: int = 300, seed: int = 0, kid_subsets: int = 100,
+                          reference: str = "train", min_images: int = MIN_DISTANCE_IMAGES, **sampling) -> dict:
+    """KID and Fréchet distance between generated images and real ones, in encoder features (see SCALE_NOTE).
 
     `checkpoint_or_images`: uint8 (N, H, W, 3) images, or a checkpoint/pipeline that then draws `n` images from
-    captions of the data set (`sampling`: scheduler, steps, guidance, weights, batch_size).
+    captions of the data set (`sampling`: scheduler, steps, guidance, weights, batch_size). `reference`: "train"
+    (a sample of the training split as large as the generated set) or "heldout" (every held-out image). Below
+    `min_images` per side a distance is None and "kid_note" / "fd_note" say why.
     """
     if isinstance(checkpoint_or_images, np.ndarray):
         generated = checkpoint_or_images
@@ -288,18 +299,37 @@ def distribution_distance(checkpoint_or_images, dataset, n: int = 256, cache_dir
         from t2ilab.quality import sample_like_dataset  # here: quality imports this module
 
         generated, _ = sample_like_dataset(checkpoint_or_images, dataset, n=n, seed=seed, **sampling)
-    pick = np.random.default_rng([seed, 1]).permutation(dataset.train_idx)[: min(len(generated), len(dataset.train_idx))]
-    real = dataset.images[np.sort(pick)].permute(0, 2, 3, 1).numpy()
+    if reference == "heldout":
+        pick, label = dataset.val_idx, "held-out"
+    else:
+        pick, label = train_sample(dataset, len(generated), seed), "training"
+    real = dataset.images[pick].permute(0, 2, 3, 1).numpy()
     encoder = load_or_train_encoder(dataset, cache_dir, steps=encoder_steps, seed=seed)
     f_gen, f_real = encode(encoder, generated), encode(encoder, real)
-    out = {"n_generated": len(generated), "n_real": len(real), "feature_dim": FEATURE_DIM,
+    out = {"n_generated": len(generated), "n_real": len(real), "reference": label, "feature_dim": FEATURE_DIM,
            "features": f"autoencoder trained {encoder_steps} steps on the {len(dataset.train_idx)} training images "
-                       f"(data {dataset.fingerprint}); bottleneck + filter log-energies, standardised",
-           "kid": kid(f_gen, f_real, subsets=kid_subsets, seed=seed), "fd": frechet_distance(f_gen, f_real),
-           "fd_note": frechet_unavailable(len(f_gen), len(f_real), FEATURE_DIM)}
+                       f"(data {dataset.fingerprint}); bottleneck + filter log-energies, standardised, length sqrt(d)",
+           "scale": SCALE_NOTE, "min_images": min_images, **_distances(f_gen, f_real, label, min_images, kid_subsets, seed)}
     if len(dataset.val_idx) >= 2:
         # The same distances between two real samples (held-out vs training): the floor a perfect model reaches.
         f_held = encode(encoder, dataset.images[dataset.val_idx].permute(0, 2, 3, 1).numpy())
-        out["real_baseline"] = {"n_heldout": len(f_held), "kid": kid(f_held, f_real, subsets=kid_subsets, seed=seed),
-                                "fd": frechet_distance(f_held, f_real)}
+        train_pick = train_sample(dataset, max(len(f_held), len(generated)), seed)
+        f_train = encode(encoder, dataset.images[train_pick].permute(0, 2, 3, 1).numpy())
+        out["real_baseline"] = {"n_heldout": len(f_held), "n_real": len(f_train),
+                                **_distances(f_held, f_train, "held-out", min_images, kid_subsets, seed)}
     return out
+
+
+def train_sample(dataset, k: int, seed: int) -> np.ndarray:
+    """Sorted indices of k training images (all when there are fewer), the same ones for a seed."""
+    return np.sort(np.random.default_rng([seed, 1]).permutation(dataset.train_idx)[:k])
+
+
+def _distances(a: np.ndarray, b: np.ndarray, label: str, min_images: int, subsets: int, seed: int) -> dict:
+    """{"kid", "kid_note", "fd", "fd_note"}: a value, or None with the sentence saying what is missing."""
+    have = min(len(a), len(b))
+    kid_note = f"too few {label} images for KID (have {have}, need >= {min_images})" if have < max(2, min_images) else None
+    fd_note = (f"too few {label} images for FD (have {have}, need >= {min_images})" if have < min_images
+               else frechet_unavailable(len(a), len(b), a.shape[1]))
+    return {"kid": None if kid_note else kid(a, b, subsets=subsets, seed=seed), "kid_note": kid_note,
+            "fd": None if fd_note else frechet_distance(a, b), "fd_note": fd_note}

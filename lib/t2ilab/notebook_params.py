@@ -4,6 +4,7 @@ the repo root (notebooks run in notebooks/), resume previews, the log up to a ch
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,17 +102,20 @@ def memorization_view(checkpoint: str | Path, review: dict, data_cache_dir: str 
     Only the shown generated images are drawn again, with the review's seed, count and sampler settings, so they
     are the images the review measured (quality.sample_like_dataset is deterministic per prompt and seed).
     """
-    from t2ilab import features, quality
-    from t2ilab.data import load_dataset
+    from t2ilab import features, heldout_review, quality
+    from t2ilab.data import DataWarning, load_dataset
 
     memo = review.get("memorization") or {}
     if not memo.get("closest"):
         return None
     overrides = [f"data.cache_dir={data_cache_dir}"] if data_cache_dir else None
     cfg = load_config(Path(checkpoint) / "config.yaml", overrides)
-    dataset = load_dataset(cfg.data)
+    with warnings.catch_warnings():  # skipped files: the review's first cell has said so already
+        warnings.simplefilter("ignore", DataWarning)
+        dataset = load_dataset(cfg.data)
     shown = [pair["generated"] for pair in memo["closest"]]
-    generated, _ = quality.sample_like_dataset(checkpoint, dataset, memo["n_generated"], seed, only=shown, **review["sampling"])
+    sample = heldout_review.sample_heldout if review.get("heldout") else quality.sample_like_dataset  # as the review drew them
+    generated, _ = sample(checkpoint, dataset, memo["n_generated"], seed, only=shown, **review["sampling"])
     memo = memo | {"closest": [pair | {"generated": k} for k, pair in enumerate(memo["closest"])]}
     return features.memorization_figure(generated, _channels_last(dataset.images[dataset.train_idx]),
                                         _channels_last(dataset.images[dataset.val_idx]), memo)
@@ -120,19 +124,6 @@ def memorization_view(checkpoint: str | Path, review: dict, data_cache_dir: str 
 def _channels_last(images) -> np.ndarray:
     """uint8 (N, 3, H, W) tensor -> (N, H, W, 3) array, the layout features.memorization takes."""
     return images.permute(0, 2, 3, 1).numpy()
-
-
-def distance_table(review: dict) -> pd.DataFrame:
-    """KID and Fréchet distance of generated vs real images, and of two real samples (the floor)."""
-    distance = review.get("distance") or {}
-    rows = []
-    for label, part in (("generated vs training images", distance),
-                        ("held-out vs training images (floor)", distance.get("real_baseline") or {})):
-        if part:
-            kid = part.get("kid") or {}
-            rows.append({"comparison": label, "kid": kid.get("mean"), "kid_std": kid.get("std"), "fd": part.get("fd"),
-                         "n": part.get("n_generated", part.get("n_heldout"))})
-    return pd.DataFrame(rows)
 
 
 def score_summary(review: dict) -> str:

@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from t2ilab import features, judge, shapes, skill_report, text
+from t2ilab import judge, shapes, skill_report, text
 from t2ilab.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.config import CATEGORIES, ConfigError, load_config, read_yaml
 from t2ilab.data import load_dataset
 from t2ilab.paths import REVIEW_PROMPTS
 from t2ilab.pipeline import T2IPipeline, load_pipeline
 from t2ilab.report_notebook import read_json
+from t2ilab.sweep_verdicts import Z, _compare, answer_guide_claims, best_settings  # noqa: F401 (quality's API)
 
-Z = 1.96  # 95% intervals throughout
 DEFAULT_SWEEP = {"schedulers": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler"), "steps": (10, 20, 50, 100),
                  "guidance_scales": (1.0, 2.0, 4.0, 7.5), "n_per_category": 8}
 QUICK_SWEEP = {"schedulers": ("ddim", "dpmsolver++"), "steps": (10, 25), "guidance_scales": (1.0, 3.0), "n_per_category": 4}
@@ -157,77 +157,6 @@ def sampler_sweep(checkpoint, schedulers=DEFAULT_SWEEP["schedulers"], steps=DEFA
                      "ci_high": overall["ci_high"], **{c: scores.loc[c, "accuracy"] for c in categories},
                      "seconds_per_image": seconds / len(images), "unet_evals_per_image": evals})
     return pd.DataFrame(rows)
-
-
-def _cell(row: pd.Series) -> dict:
-    keys = ("scheduler", "steps", "guidance", "accuracy", "ci_low", "ci_high", "seconds_per_image", "unet_evals_per_image")
-    return {k: (row[k].item() if hasattr(row[k], "item") else row[k]) for k in keys if k in row}
-
-
-def best_settings(sweep: pd.DataFrame, cost: str = "seconds_per_image") -> dict:
-    """"best": the highest overall accuracy; "fastest_within_ci": the cheapest cell (by `cost`) scoring >= best's CI low."""
-    best = sweep.sort_values(["accuracy", cost], ascending=[False, True]).iloc[0]
-    within = sweep[sweep["accuracy"] >= best["ci_low"]]
-    fastest = within.sort_values([cost, "accuracy"], ascending=[True, False]).iloc[0]
-    return {"best": _cell(best), "fastest_within_ci": _cell(fastest), "cells_within_ci": len(within),
-            "speedup": float(best[cost] / max(fastest[cost], 1e-12)), "cost": cost,
-            "rule": f"lowest {cost} among cells whose accuracy is at least the lower 95% bound of the best cell's"}
-
-
-def _compare(a: pd.Series, b: pd.Series) -> dict:
-    """Does cell a beat cell b? Difference with a 95% interval from the two intervals' standard errors."""
-    # se from each Wilson-based interval's half-width; treating the cells as independent is conservative here,
-    # since both use the same prompts and noise (positively correlated results make the true interval narrower).
-    se = math.hypot((a["ci_high"] - a["ci_low"]) / (2 * Z), (b["ci_high"] - b["ci_low"]) / (2 * Z))
-    diff = float(a["accuracy"] - b["accuracy"])
-    return {"difference": diff, "ci_low": diff - Z * se, "ci_high": diff + Z * se, "se": se,
-            "cis_separate": bool(a["ci_low"] > b["ci_high"] or b["ci_low"] > a["ci_high"]),
-            "verdict": _verdict(diff - Z * se, diff + Z * se)}
-
-
-def _verdict(low: float, high: float) -> str:
-    return "yes" if low > 0 else "no" if high < 0 else "not distinguishable at this N"
-
-
-def _pooled(comparisons: list[dict]) -> dict:
-    """Mean difference over several comparisons, its 95% interval and verdict (treating them as independent)."""
-    # They share prompts and noise, so this interval is approximate; the per-cell verdicts stand on their own.
-    if not comparisons:
-        return {"verdict": "not measured", "difference": None, "ci_low": None, "ci_high": None}
-    diff = float(np.mean([c["difference"] for c in comparisons]))
-    se = math.sqrt(sum(c["se"] ** 2 for c in comparisons)) / len(comparisons)
-    return {"verdict": _verdict(diff - Z * se, diff + Z * se), "difference": diff, "ci_low": diff - Z * se, "ci_high": diff + Z * se}
-
-
-def answer_guide_claims(sweep: pd.DataFrame, more_steps: tuple[int, int] = (100, 50),
-                        samplers: tuple[str, str] = ("ddim", "ddpm")) -> dict:
-    """Verdicts ("yes" / "no" / "not distinguishable at this N") on "100 steps beat 50" and "DDIM beats DDPM"."""
-    cell = sweep.set_index(["scheduler", "steps", "guidance"])
-    many, few = more_steps
-    per_scheduler = []
-    for scheduler in sweep["scheduler"].unique():
-        rows = sweep[(sweep["scheduler"] == scheduler) & sweep["steps"].isin(more_steps)]
-        pivot = rows.pivot_table(index="guidance", columns="steps", values="accuracy").dropna()
-        if len(pivot.columns) < 2 or pivot.empty:
-            continue
-        guidance = float(pivot.mean(axis=1).idxmax())  # the guidance best for the two step counts together
-        a, b = cell.loc[(scheduler, many, guidance)], cell.loc[(scheduler, few, guidance)]
-        per_scheduler.append({"scheduler": scheduler, "guidance": guidance, f"accuracy_{many}": float(a["accuracy"]),
-                              f"accuracy_{few}": float(b["accuracy"]), **_compare(a, b),
-                              "time_ratio": float(a["seconds_per_image"] / max(b["seconds_per_image"], 1e-12))})
-    first, second = samplers
-    per_cell = []
-    for (n_steps, guidance), group in sweep.groupby(["steps", "guidance"]):
-        by_name = group.set_index("scheduler")
-        if first in by_name.index and second in by_name.index:
-            per_cell.append({"steps": int(n_steps), "guidance": float(guidance), **_compare(by_name.loc[first], by_name.loc[second])})
-    n = int(sweep["n"].iloc[0]) if len(sweep) else 0
-    return {
-        "steps": {"question": f"Do {many} steps beat {few}?", **_pooled(per_scheduler), "per_scheduler": per_scheduler,
-                  "n_per_cell": n, "method": "per scheduler at its best guidance; pooled = mean difference"},
-        "samplers": {"question": f"Is {first.upper()} better than {second.upper()}?", **_pooled(per_cell),
-                     "per_cell": per_cell, "n_per_cell": n, "method": "at equal steps and guidance; pooled = mean difference"},
-    }
 
 
 _GRAMMAR_WORDS = {"a", "an", "and", *shapes.SIZES, *shapes.COLORS, *shapes.SHAPES, *(s + "s" for s in shapes.SHAPES),
@@ -377,14 +306,15 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
                       sweep: dict | None = DEFAULT_SWEEP, quick: bool = False, data_cache_dir: str | None = None,
                       prompts_file: str | Path | None = REVIEW_PROMPTS, distance_n: int | None = None,
                       encoder_steps: int = 300, seed: int = 0, batch_size: int = 64, device=None,
-                      previous_review: str | Path | None = None) -> dict:
-    """Scores, sampler sweep, KID/FD, memorization and prompt checks of one checkpoint as one JSON-safe dict.
+                      previous_review: str | Path | None = None, metrics: dict | None = None) -> dict:
+    """Scores, sampler sweep, KID/FD, standard metrics, memorization and prompt checks of one checkpoint as a dict.
 
     Sampling settings come from the checkpoint's config (sampling: section), N from reports.images_per_category
     (8 when quick). sweep=None skips the sweep; quick=True also shrinks the default sweep and distance sample.
     `previous`: an earlier review dict or checkpoint, to say whether this one is better. `previous_review`: the
     previous milestone's report sidecar (.metrics.json); when it scored `previous` with the same sampler, N and
     seed its score is read instead of sampling the previous checkpoint again (a missing file is not an error).
+    `metrics`: clip_model / inception_weights / feature_extractor overriding reports.* (review_distances).
     """
     start, timings = time.perf_counter(), {}
     path = resolve_checkpoint(checkpoint)
@@ -418,20 +348,14 @@ def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_p
         out.update(sweep=frame.to_dict(orient="records"), best_settings=best, guide_claims=answer_guide_claims(frame),
                    best_sampler_overall=best["best"]["accuracy"])
         timings["sweep"] = time.perf_counter() - tick
-    tick = time.perf_counter()
+    from t2ilab import review_distances  # here: it imports this module
+
     dataset = load_dataset(cfg.data)
-    generated, _ = sample_like_dataset(pipe, dataset, distance_n or (64 if quick else 256), seed, batch_size=batch_size, **sampling)
-    distance = features.distribution_distance(generated, dataset, cache_dir=cfg.data.cache_dir, encoder_steps=encoder_steps, seed=seed)
-    out.update(kid=distance["kid"], fd=distance["fd"], distance=distance)
-    timings["distance"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    if len(dataset.val_idx) >= 2:
-        as_hwc = lambda idx: dataset.images[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
-        memo = features.memorization(generated, as_hwc(dataset.train_idx), as_hwc(dataset.val_idx))
-        out["memorization"] = {k: v for k, v in memo.items() if k != "ratios"}
-    else:
-        out["memorization"] = {"skipped": f"needs >= 2 held-out images (data.val_fraction={cfg.data.val_fraction})"}
-    timings["memorization"] = time.perf_counter() - tick
+    settings = review_distances.metric_settings(cfg, **(metrics or {}))
+    measured, measured_timings = review_distances.measure(pipe, cfg, dataset, distance_n or (64 if quick else 256), settings,
+                                                          seed, batch_size, encoder_steps, sampling, prompts_file)
+    out.update(measured)
+    timings.update(measured_timings)
     if judged and prompts_file is not None and Path(prompts_file).is_file():
         tick = time.perf_counter()
         review = load_review_prompts(prompts_file)

@@ -8,7 +8,7 @@ import html
 import os
 from pathlib import Path
 
-from t2ilab import readable, skill_report
+from t2ilab import metric_curves, readable, skill_report
 from t2ilab.checkpoint import read_manifest
 from t2ilab.config import CATEGORIES
 from t2ilab.judge import SKILLS
@@ -80,9 +80,10 @@ def collect_rows(run_reports_dir: Path, run_dir: Path, milestones: dict[int, Pat
                 pass
         step = step if step is not None else next((r.get("global_step") for r in reports.values()), None)
         quality = reports.get("quality_review")
+        review = quality.get("metrics") if quality and quality.get("status") == "ok" else None
         rows.append({"epoch": epoch, "step": step, "folder": folder.name, "reports": reports,
-                     **_losses(run_dir, checkpoint, epoch),
-                     **quality_summary(quality.get("metrics") if quality and quality.get("status") == "ok" else None)})
+                     **_losses(run_dir, checkpoint, epoch), **quality_summary(review),
+                     "reviewed": review is not None, "metrics": metric_curves.metric_summary(review)})
     return rows
 
 
@@ -104,6 +105,12 @@ def _categories(rows: list[dict]) -> list[str]:
 SKILLS_NOTE = ("Skills, each judged on its own on the captions that claim it: score [95% CI]. A skill rose or fell "
                "only when the 95 % interval of its change since the previous milestone excludes zero.")
 NO_SKILLS = "No skill scores yet: they come from the quality review (shapes data), which has not run for this run."
+NO_SKILLS_FOLDER = ("No skill scores: the exact judge reads the shapes data set only. This run's quality reviews "
+                    "(folder data) measure the distances and standard metrics in the table above.")
+METRICS_NOTE = ("CLIP score: prompt-image agreement (higher is better); FID and KID: distance of generated from real "
+                "held-out images in Inception (or your extractor's) features, lower is better; in-domain KID: the same "
+                "in the features of an autoencoder trained on this data set (0..16 scale). n: images measured (CLIP score: "
+                "generated images; FID and KID: real images compared).")
 
 
 def skill_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -132,23 +139,28 @@ def write_index(run_reports_dir: Path, run_dir: Path, milestones: dict[int, Path
     """Write index.md, index.html and quality_vs_epoch.png for a run; returns the index.html path."""
     rows = collect_rows(run_reports_dir, run_dir, milestones)
     plot = plot_quality_vs_epoch(rows, run_reports_dir / INDEX_PLOT)
+    metrics_plot = metric_curves.plot_metrics_vs_epoch(rows, run_reports_dir / metric_curves.METRICS_PLOT, PLOT_DPI)
     cats = _categories(rows)
+    measured = metric_curves.columns(rows)
     head = ["epoch", "step", "train loss", "val loss", "val loss (EMA)", *cats, "overall [95% CI]", "best sampler",
-            "reports"]
+            *[metric_curves.COLUMNS[k][0] for k in measured], "reports"]
     table = []
     for r in rows:
         cells = [_fmt(r["epoch"]), _fmt(r["step"]), readable.number(r.get("train_loss"), 4),
                  readable.number(r.get("val_loss"), 4), readable.number(r.get("val_loss_ema"), 4),
                  *[readable.number(r["categories"].get(c)) for c in cats],
-                 readable.score(r["overall"], r["overall_low"], r["overall_high"], 3), _fmt(r["best"])]
+                 readable.score(r["overall"], r["overall_low"], r["overall_high"], 3), _fmt(r["best"]),
+                 *[metric_curves.cell(r["metrics"].get(k)) for k in measured]]
         links = [(name, f"{r['folder']}/{name}.ipynb", f"{r['folder']}/{name}.html", _status(rec))
                  for name, rec in sorted(r["reports"].items())]
         table.append((cells, links))
     skills = skill_rows(rows)
+    no_skills = NO_SKILLS_FOLDER if any(r["reviewed"] for r in rows) and not skills[1] else NO_SKILLS
+    extras = {"metrics_plot": metrics_plot, "metrics_note": METRICS_NOTE if measured else None, "no_skills": no_skills}
     title = f"Reports for {run_dir.name}"
-    write_text(run_reports_dir / "index.md", _markdown(title, run_dir, head, table, plot, skills))
+    write_text(run_reports_dir / "index.md", _markdown(title, run_dir, head, table, plot, skills, **extras))
     index = run_reports_dir / "index.html"
-    write_text(index, _html(title, run_dir, head, table, plot, skills))
+    write_text(index, _html(title, run_dir, head, table, plot, skills, **extras))
     return index
 
 
@@ -158,11 +170,16 @@ def _md(text: str) -> str:
 
 
 def _markdown(title: str, run_dir: Path, head: list[str], table: list, plot: Path | None,
-              skills: tuple[list[str], list[list[str]]]) -> str:
+              skills: tuple[list[str], list[list[str]]], metrics_plot: Path | None = None, metrics_note: str | None = None,
+              no_skills: str = NO_SKILLS) -> str:
     lines = [f"# {_md(title)}", "", f"Run: `{_md(run_dir)}`. One row per milestone checkpoint; judge scores are the "
              "share of images the exact judge accepts. Generated by `t2ilab report`; do not edit.", ""]
     if plot is not None:
         lines += [f"![skills, overall judge score and validation loss per epoch]({plot.name})", ""]
+    if metrics_plot is not None:
+        lines += [f"![CLIP score, FID and KID per epoch]({metrics_plot.name})", ""]
+    if metrics_note:
+        lines += [_md(metrics_note), ""]
     lines += ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
     for cells, links in table:
         reports = "<br>".join(f"{_md(name)}: [ipynb]({_md(nb)}) [html]({_md(page)}) {_md(status)}"
@@ -174,12 +191,13 @@ def _markdown(title: str, run_dir: Path, head: list[str], table: list, plot: Pat
         lines += [SKILLS_NOTE, "", "| " + " | ".join(_md(h) for h in skill_head) + " |", "|" + "---|" * len(skill_head)]
         lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in skill_table]
     else:
-        lines.append(NO_SKILLS)
+        lines.append(no_skills)
     return "\n".join(lines) + "\n"
 
 
 def _html(title: str, run_dir: Path, head: list[str], table: list, plot: Path | None,
-          skills: tuple[list[str], list[list[str]]]) -> str:
+          skills: tuple[list[str], list[list[str]]], metrics_plot: Path | None = None, metrics_note: str | None = None,
+          no_skills: str = NO_SKILLS) -> str:
     e = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -190,6 +208,10 @@ def _html(title: str, run_dir: Path, head: list[str], table: list, plot: Path | 
            "scores are the share of images the exact judge accepts. Generated by <code>t2ilab report</code>.</p>"]
     if plot is not None:
         out.append(f'<p><img src="{e(plot.name)}" alt="skills, overall judge score and validation loss per epoch"></p>')
+    if metrics_plot is not None:
+        out.append(f'<p><img src="{e(metrics_plot.name)}" alt="CLIP score, FID and KID per epoch"></p>')
+    if metrics_note:
+        out.append(f"<p>{e(metrics_note)}</p>")
     out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>")
     for cells, links in table:
         reports = "<br>".join(
@@ -208,7 +230,7 @@ def _html(title: str, run_dir: Path, head: list[str], table: list, plot: Path | 
             out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells[:-1]) + f'<td class="text">{e(cells[-1])}</td></tr>')
         out.append("</tbody></table>")
     else:
-        out.append(f"<p>{e(NO_SKILLS)}</p>")
+        out.append(f"<p>{e(no_skills)}</p>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -237,8 +259,8 @@ def plot_quality_vs_epoch(rows: list[dict], path: Path) -> Path | None:
     with sns.axes_style("whitegrid"):
         fig = Figure(figsize=(14, 3.8), dpi=PLOT_DPI, layout="constrained")  # no pyplot: safe in any process
         skills_ax, overall_ax, loss_ax = fig.subplots(1, 3, sharex=True)
-    _plot_skills(skills_ax, skilled, sns.color_palette("colorblind"))
-    _plot_overall(overall_ax, scored, sns.color_palette()[0])
+    _plot_skills(skills_ax, skilled, sns.color_palette("colorblind"), reviewed=any(r.get("reviewed") for r in rows))
+    _plot_overall(overall_ax, scored, sns.color_palette()[0], reviewed=any(r.get("reviewed") for r in rows))
     if losses:
         sns.lineplot(x=[r["epoch"] for r in losses], y=[r["val_loss"] for r in losses], marker="o", ax=loss_ax,
                      label="val_loss")
@@ -255,10 +277,11 @@ def plot_quality_vs_epoch(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def _plot_skills(ax, rows: list[dict], palette) -> None:
+def _plot_skills(ax, rows: list[dict], palette, reviewed: bool = False) -> None:
     ax.set(title="skills, each judged on its own (95% band)", xlabel="epoch", ylabel="share of claims met")
     if not rows:
-        ax.text(0.5, 0.5, "no skill scores yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        message = "no skill scores: the judge reads\nshapes data only" if reviewed else "no skill scores yet"
+        ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
         return
     names = [s for s in SKILLS if any(s in r["skills"] for r in rows)]
     lows, highs = [], []
@@ -274,10 +297,12 @@ def _plot_skills(ax, rows: list[dict], palette) -> None:
     ax.legend(fontsize="small", loc="best", ncol=2)
 
 
-def _plot_overall(ax, rows: list[dict], colour) -> None:
+def _plot_overall(ax, rows: list[dict], colour, reviewed: bool = False) -> None:
     ax.set(title="strict overall judge score (95% band)", xlabel="epoch", ylabel="share of images judged correct")
     if not rows:
-        ax.text(0.5, 0.5, "no quality review yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        # A review that ran on folder data has no judge scores; its numbers are in metrics_vs_epoch.png.
+        message = "no judge scores: folder data\n(see the CLIP / FID / KID curves)" if reviewed else "no quality review yet"
+        ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
         return
     x = [r["epoch"] for r in rows]
     y = [r["overall"] for r in rows]

@@ -84,10 +84,15 @@ def default_parameters(name: str, checkpoint: Path, previous: Path | None, run_d
         return {"run_dir": str(run_dir), "checkpoint": str(checkpoint)} | (
             {"reports_dir": str(run_reports_dir)} if run_reports_dir is not None else {})
     if name == "quality_review":  # sampler settings and N come from the checkpoint's config inside the notebook
-        return {"checkpoint": str(checkpoint), "previous_checkpoint": str(previous) if previous else None,
-                "previous_review": str(previous_dir / f"{name}.metrics.json") if previous and previous_dir else None,
-                "review_prompts": str(resolve_path(cfg.reports.review_prompts)),
-                "data_cache_dir": str(resolve_path(cfg.data.cache_dir))}
+        out = {"checkpoint": str(checkpoint), "previous_checkpoint": str(previous) if previous else None,
+               "previous_review": str(previous_dir / f"{name}.metrics.json") if previous and previous_dir else None,
+               "review_prompts": str(resolve_path(cfg.reports.review_prompts)),
+               "data_cache_dir": str(resolve_path(cfg.data.cache_dir))}
+        for key in ("clip_model", "inception_weights", "feature_extractor"):  # only when set: old report keys stay
+            value = getattr(cfg.reports, key)
+            if value:  # a path as seen from here (the notebook runs in notebooks/); a hub id stays as it is
+                out[key] = str(Path(value).expanduser().resolve()) if Path(value).expanduser().exists() else value
+        return out
     return {"checkpoint": str(checkpoint)}
 
 
