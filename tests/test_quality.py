@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import TINY_CONFIG, make_tiny_checkpoint
-from t2ilab import features, judge, quality, shapes
+from t2ilab import features, judge, quality, quality_review, shapes
 from t2ilab.config import CATEGORIES, ConfigError, load_config
 from t2ilab.data import load_dataset
 from t2ilab.pipeline import load_pipeline
@@ -224,7 +224,7 @@ def test_review_checkpoint_returns_a_json_serialisable_review(trained_run, data_
     prompts.write_text("prompts: [a red circle]\nprompt_pairs: [{short: a circle, detailed: a beautiful red circle}]\n"
                        "prompt_seeds: [0, 1]\n")
     sweep = {"schedulers": ("ddim", "dpmsolver++"), "steps": (1, 2), "guidance_scales": (3.0,), "n_per_category": 1}
-    review = quality.review_checkpoint(trained_run / "checkpoint-epoch-0004", previous=trained_run / "checkpoint-epoch-0002",
+    review = quality_review.review_checkpoint(trained_run / "checkpoint-epoch-0004", previous=trained_run / "checkpoint-epoch-0002",
                                        n_per_category=2, sweep=sweep, quick=True, data_cache_dir=str(data_cache),
                                        prompts_file=prompts, distance_n=16, encoder_steps=20)
     json.dumps(review, allow_nan=False)
@@ -255,7 +255,7 @@ def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_s
 
     def reuse(record: dict):
         sidecar.write_text(json.dumps(record))
-        return quality._reusable_review(sidecar, previous, current)
+        return quality_review._reusable_review(sidecar, previous, current)
 
     assert reuse({"status": "ok", "metrics": review})["overall"] == 0.25
     assert reuse({"status": "failed", "metrics": review}) is None
@@ -264,7 +264,7 @@ def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_s
     assert reuse({"status": "ok", "metrics": review | {"skills": None}}) is None, "a review from before skills"
     assert reuse({"status": "ok", "metrics": review | {"sampling": current["sampling"] | {"steps": 3}}}) is None
     assert reuse({"status": "ok", "metrics": review | {"checkpoint": str(trained_run / "checkpoint-epoch-0004")}}) is None
-    assert quality._reusable_review(tmp_path / "missing.json", previous, current) is None
+    assert quality_review._reusable_review(tmp_path / "missing.json", previous, current) is None
 
 
 def test_memorization_figure_redraws_only_the_shown_images_and_they_are_the_reviewed_ones(trained_run, data_cache):

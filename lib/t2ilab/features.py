@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from t2ilab.judge import wilson_interval
+from t2ilab.intervals import wilson_interval
 
 ENCODER_VERSION = 1  # bump when the architecture or training recipe changes: cached encoders are then retrained
 ENCODER_SIZE = 32  # images are resized (area) to this side before encoding, so one encoder fits every resolution
@@ -283,22 +283,15 @@ def memorization_figure(generated: np.ndarray, train_images: np.ndarray, heldout
     return canvas
 
 
-def distribution_distance(checkpoint_or_images, dataset, n: int = 256, cache_dir: str | Path | None = None,
+def distribution_distance(generated: np.ndarray, dataset, cache_dir: str | Path | None = None,
                           encoder_steps: int = 300, seed: int = 0, kid_subsets: int = 100,
-                          reference: str = "train", min_images: int = MIN_DISTANCE_IMAGES, **sampling) -> dict:
+                          reference: str = "train", min_images: int = MIN_DISTANCE_IMAGES) -> dict:
     """KID and Fréchet distance between generated images and real ones, in encoder features (see SCALE_NOTE).
 
-    `checkpoint_or_images`: uint8 (N, H, W, 3) images, or a checkpoint/pipeline that then draws `n` images from
-    captions of the data set (`sampling`: scheduler, steps, guidance, weights, batch_size). `reference`: "train"
+    `generated`: uint8 (N, H, W, 3) images (quality.sample_like_dataset draws them from a checkpoint). `reference`: "train"
     (a sample of the training split as large as the generated set) or "heldout" (every held-out image). Below
     `min_images` per side a distance is None and "kid_note" / "fd_note" say why.
     """
-    if isinstance(checkpoint_or_images, np.ndarray):
-        generated = checkpoint_or_images
-    else:
-        from t2ilab.quality import sample_like_dataset  # here: quality imports this module
-
-        generated, _ = sample_like_dataset(checkpoint_or_images, dataset, n=n, seed=seed, **sampling)
     if reference == "heldout":
         pick, label = dataset.val_idx, "held-out"
     else:

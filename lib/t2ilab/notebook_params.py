@@ -86,7 +86,7 @@ def metrics_until(run_dir: str | Path, checkpoint: str | Path | None = None) -> 
 def sweep_settings(schedulers: list[str] | None = None, steps: list[int] | None = None,
                    guidances: list[float] | None = None, n_per_category: int | None = None,
                    quick: bool = False) -> dict | None:
-    """The `sweep` argument of quality.review_checkpoint: its default sweep with the given lists; [] samplers: none."""
+    """The `sweep` argument of quality_review.review_checkpoint: its default sweep with the given lists; [] samplers: none."""
     from t2ilab import quality
 
     if schedulers is not None and len(schedulers) == 0:

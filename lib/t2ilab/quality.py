@@ -1,10 +1,9 @@
 """Image quality of a checkpoint, measured: judge scores with 95% intervals, a sampler sweep that answers the old
-guide's claims, short vs detailed prompts, review grids, and one `review_checkpoint` dict for metrics.json.
+guide's claims, short vs detailed prompts, review grids (quality_review.py puts them into one review).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from itertools import product
@@ -14,13 +13,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from t2ilab import judge, shapes, skill_report, text
-from t2ilab.checkpoint import read_manifest, resolve_checkpoint
-from t2ilab.config import CATEGORIES, ConfigError, load_config, read_yaml
-from t2ilab.data import load_dataset
+from t2ilab import judge, shapes, text
+from t2ilab.config import CATEGORIES, ConfigError, read_yaml
 from t2ilab.paths import REVIEW_PROMPTS
 from t2ilab.pipeline import T2IPipeline, load_pipeline
-from t2ilab.report_notebook import read_json
 from t2ilab.sweep_verdicts import Z, _compare, answer_guide_claims, best_settings  # noqa: F401 (quality's API)
 
 DEFAULT_SWEEP = {"schedulers": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler"), "steps": (10, 20, 50, 100),
@@ -287,109 +283,3 @@ def sample_like_dataset(checkpoint, dataset, n: int = 256, seed: int = 0, schedu
     with _sampler(pipe, scheduler):
         images = generate_images(pipe, [dataset.captions[i] for i in index], seeds, steps, guidance, batch_size)
     return images, index
-
-
-def _jsonable(x):
-    """Plain JSON types: numpy scalars unwrapped, tuples as lists, NaN and inf as None."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_per_category: int | None = None,
-                      sweep: dict | None = DEFAULT_SWEEP, quick: bool = False, data_cache_dir: str | None = None,
-                      prompts_file: str | Path | None = REVIEW_PROMPTS, distance_n: int | None = None,
-                      encoder_steps: int = 300, seed: int = 0, batch_size: int = 64, device=None,
-                      previous_review: str | Path | None = None, metrics: dict | None = None) -> dict:
-    """Scores, sampler sweep, KID/FD, standard metrics, memorization and prompt checks of one checkpoint as a dict.
-
-    Sampling settings come from the checkpoint's config (sampling: section), N from reports.images_per_category
-    (8 when quick). sweep=None skips the sweep; quick=True also shrinks the default sweep and distance sample.
-    `previous`: an earlier review dict or checkpoint, to say whether this one is better. `previous_review`: the
-    previous milestone's report sidecar (.metrics.json); when it scored `previous` with the same sampler, N and
-    seed its score is read instead of sampling the previous checkpoint again (a missing file is not an error).
-    `metrics`: clip_model / inception_weights / feature_extractor overriding reports.* (review_distances).
-    """
-    start, timings = time.perf_counter(), {}
-    path = resolve_checkpoint(checkpoint)
-    cfg = load_config(path / "config.yaml", [f"data.cache_dir={data_cache_dir}"] if data_cache_dir else None)
-    sampling = {"scheduler": cfg.sampling.scheduler, "steps": cfg.sampling.num_inference_steps, "guidance": cfg.sampling.guidance_scale}
-    n = n_per_category or (min(8, cfg.reports.images_per_category) if quick else cfg.reports.images_per_category)
-    sweep = QUICK_SWEEP if quick and sweep is DEFAULT_SWEEP else sweep
-    pipe = load_pipeline(path, "ema", device=device)
-    out: dict = {"checkpoint": str(path), "epoch": pipe.manifest.get("epoch"), "global_step": pipe.manifest.get("global_step"),
-                 "weights": pipe.weights, "sampling": sampling, "n_per_category": n, "seed": seed, "quick": quick,
-                 "scores": None, "skills": None, "overall": None, "overall_ci": None, "ceiling": None, "sweep": None,
-                 "best_settings": None, "best_sampler_overall": None, "guide_claims": None, "prompts": None}
-    judged = cfg.data.source == "shapes"  # the judge reads shapes images; folder data gets distances only
-    if judged:
-        tick = time.perf_counter()
-        scores = score_checkpoint(pipe, n, seed=seed, batch_size=batch_size, **sampling)
-        overall = scores.set_index("category").loc["overall"]
-        out.update(scores=scores.to_dict(orient="records"), skills=scores.attrs["skills"],
-                   overall=overall["accuracy"], ceiling=overall["ceiling"],
-                   overall_ci=[overall["ci_low"], overall["ci_high"]])
-        timings["scores"] = time.perf_counter() - tick
-        if previous is not None:
-            tick = time.perf_counter()
-            reusable = _reusable_review(previous_review, previous, out) if previous_review else None
-            out["vs_previous"] = _versus(out, reusable or previous, n, seed, batch_size, sampling)
-            timings["previous"] = time.perf_counter() - tick
-    if judged and sweep is not None:
-        tick = time.perf_counter()
-        frame = sampler_sweep(pipe, seed=seed, batch_size=batch_size, **sweep)
-        best = best_settings(frame)
-        out.update(sweep=frame.to_dict(orient="records"), best_settings=best, guide_claims=answer_guide_claims(frame),
-                   best_sampler_overall=best["best"]["accuracy"])
-        timings["sweep"] = time.perf_counter() - tick
-    from t2ilab import review_distances  # here: it imports this module
-
-    dataset = load_dataset(cfg.data)
-    settings = review_distances.metric_settings(cfg, **(metrics or {}))
-    measured, measured_timings = review_distances.measure(pipe, cfg, dataset, distance_n or (64 if quick else 256), settings,
-                                                          seed, batch_size, encoder_steps, sampling, prompts_file)
-    out.update(measured)
-    timings.update(measured_timings)
-    if judged and prompts_file is not None and Path(prompts_file).is_file():
-        tick = time.perf_counter()
-        review = load_review_prompts(prompts_file)
-        comparison = prompt_comparison(pipe, review["prompt_pairs"], review["prompt_seeds"], batch_size=batch_size, **sampling)
-        out["prompts"] = comparison.to_dict(orient="records")
-        timings["prompts"] = time.perf_counter() - tick
-    out.update(timings=timings, seconds=time.perf_counter() - start)
-    return _jsonable(out)
-
-
-def _reusable_review(sidecar: str | Path, previous, current: dict) -> dict | None:
-    """The previous milestone's review from its report sidecar, if it judged the same checkpoint the same way."""
-    record = read_json(Path(sidecar)) or {}
-    review = (record.get("metrics") or {}) if record.get("status") == "ok" else {}
-    if review.get("overall") is None or review.get("skills") is None or any(review.get(k) != current[k] for k in ("sampling", "n_per_category", "seed", "weights")):
-        return None
-    if not isinstance(previous, dict) and Path(review.get("checkpoint", "")).resolve() != resolve_checkpoint(previous).resolve():
-        return None
-    return review | {"source": f"read from the previous milestone's report ({sidecar})"}
-
-
-def _versus(current: dict, previous, n: int, seed: int, batch_size: int, sampling: dict) -> dict:
-    """Current overall vs a previous review dict or checkpoint (scored now with the same settings)."""
-    note = None
-    if isinstance(previous, dict):
-        prev = {"accuracy": previous["overall"], "ci_low": previous["overall_ci"][0], "ci_high": previous["overall_ci"][1]}
-        epoch, source, prev_skills = previous.get("epoch"), previous.get("source", "an earlier review"), previous.get("skills")
-        if previous.get("sampling") != sampling or previous.get("n_per_category") != n:
-            note = f"previous review used {previous.get('sampling')} with N={previous.get('n_per_category')} per category"
-    else:
-        scores = score_checkpoint(previous, n, seed=seed, batch_size=batch_size, **sampling).set_index("category")
-        prev, prev_skills = scores.loc["overall"].to_dict(), scores.attrs["skills"]
-        epoch, source = read_manifest(resolve_checkpoint(previous)).get("epoch"), "scored now with the same prompts and seeds"
-    now = {"accuracy": current["overall"], "ci_low": current["overall_ci"][0], "ci_high": current["overall_ci"][1]}
-    return {"question": "Is this checkpoint better than the previous one?", "previous": epoch,
-            "previous_overall": prev["accuracy"], **_compare(now, prev), "note": note, "previous_source": source,
-            "skill_changes": skill_report.skill_changes(current.get("skills"), prev_skills)}
