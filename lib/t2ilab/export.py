@@ -32,7 +32,7 @@ class ExportError(ValueError):
 
 
 def image_space(cfg) -> str:
-    """"pixel", or "latent" once a config can name a VAE (model.vae)."""
+    """"pixel", or "latent" when the config names a VAE (model.vae)."""
     return "latent" if getattr(cfg.model, "vae", None) else "pixel"
 
 
