@@ -10,6 +10,7 @@ from diffusers.training_utils import EMAModel
 
 from t2ilab import checkpoint, model, text
 from t2ilab.config import load_config
+from t2ilab.representation import image_space
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
@@ -29,7 +30,8 @@ def make_tiny_checkpoint(root: Path, epoch: int = 2, ema: bool = True, seed: int
     torch.manual_seed(seed)
     cfg = load_config(TINY_CONFIG, overrides)
     text_encoder, tokenizer, _ = text.build_text_encoder(cfg.model, CAPTIONS)
-    unet = model.build_unet(cfg.model, cfg.data.resolution, cfg.model.text_hidden_size)
+    space = image_space(cfg)  # pixels, or the latents of model.vae when the overrides name one
+    unet = model.build_unet(cfg.model, space.sample_size, cfg.model.text_hidden_size, space.channels)
     ema_model = None
     if ema:
         ema_model = EMAModel(unet.parameters(), model_cls=UNet2DConditionModel, model_config=unet.config)
@@ -37,12 +39,13 @@ def make_tiny_checkpoint(root: Path, epoch: int = 2, ema: bool = True, seed: int
         with torch.no_grad():
             for p in ema_model.shadow_params:
                 p.add_(0.05 * torch.randn_like(p))
-    scheduler = model.build_noise_scheduler(cfg.noise)
+    scheduler = model.build_noise_scheduler(cfg.noise, steps_offset=1 if cfg.model.vae else 0)
     vocabulary = text.caption_vocabulary(CAPTIONS)
     return checkpoint.write_checkpoint(
         root,
         checkpoint.checkpoint_name(epoch),
         lambda d: checkpoint.save_model_parts(d, unet, ema_model, text_encoder, tokenizer, scheduler, vocabulary, cfg),
-        manifest={"epoch": epoch, "global_step": 10 * epoch, "end_of_epoch": True},
+        manifest={"epoch": epoch, "global_step": 10 * epoch, "end_of_epoch": True,
+                  **({"vae": space.identity} if space.identity else {})},
         modules=[unet, text_encoder],
     )

@@ -29,6 +29,7 @@ class _Section(BaseModel):
 
 
 SEED_MAX = 2**32 - 1  # seeds feed numpy and torch generators (seed * 1_000_003 + step must stay below 2**64)
+PIXEL_MAX_RESOLUTION = 128  # data.resolution in pixel space; latent space (model.vae) goes to 512
 CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
 
 
@@ -36,7 +37,7 @@ class DataConfig(_Section):
     source: Literal["shapes", "folder"] = "shapes"  # shapes: rendered on the fly; folder: your images
     path: str | None = None  # folder source: directory with images and metadata.jsonl or <image>.txt captions
     num_samples: int = Field(5000, ge=1, le=1_000_000)  # shapes: images to render; folder: upper bound
-    resolution: int = Field(32, ge=16, le=128)  # square side in pixels (pixel-space diffusion)
+    resolution: int = Field(32, ge=16, le=512)  # square side in pixels: up to 128 in pixel space, 512 with model.vae
     seed: int = Field(0, ge=0, le=SEED_MAX)  # shapes rendering and the train/val split derive from this
     val_fraction: float = Field(0.05, ge=0.0, lt=0.5)  # held out, never trained on; used for validation loss
     category_mix: dict[str, float] = Field(  # relative weight of each GenEval-style caption category
@@ -73,6 +74,7 @@ class ModelConfig(_Section):
     text_layers: int = Field(2, ge=1, le=12)  # scratch text encoder depth
     text_heads: int = Field(4, ge=1, le=64)  # scratch text encoder attention heads
     max_caption_tokens: int = Field(24, ge=4, le=512)  # longer prompts are truncated (with a warning)
+    vae: str | None = Field(None, min_length=1)  # a diffusers AutoencoderKL folder or hub id in the local cache (frozen): train on its latents; None = pixel space
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelConfig":
@@ -189,6 +191,15 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _pixel_resolution_cap(self) -> "Config":
+        if self.model.vae is None and self.data.resolution > PIXEL_MAX_RESOLUTION:
+            raise ValueError(
+                f"data.resolution={self.data.resolution} is above {PIXEL_MAX_RESOLUTION}, the pixel-space limit (the UNet "
+                f"would denoise every pixel); lower it, or set model.vae to a VAE folder to train in its latent space (up to 512)"
+            )
+        return self
 
     def milestone_epochs(self) -> set[int]:
         """Epochs that are milestones: listed ones plus every `every_n_epochs`, within num_epochs."""

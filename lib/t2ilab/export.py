@@ -1,7 +1,8 @@
 """`t2ilab export CHECKPOINT OUTPUT [--weights ema|raw]`: a checkpoint as a folder that plain diffusers loads.
 
 Pixel mode writes unet/ text_encoder/ tokenizer/ scheduler/ and pipeline_t2ilab.py, which model_index.json names,
-so `DiffusionPipeline.from_pretrained(OUTPUT, trust_remote_code=True)` loads it without t2ilab installed.
+so `DiffusionPipeline.from_pretrained(OUTPUT, trust_remote_code=True)` loads it without t2ilab installed. Latent mode
+(model.vae) writes a StableDiffusionPipeline folder (the VAE's weights copied in): plain `from_pretrained(OUTPUT)`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from t2ilab.pipeline import METADATA_FILE, load_pipeline
 PIPELINE_FILE = Path(pipeline_t2ilab.__file__)  # a module of a subpackage, so every wheel carries it
 PIPELINE_CLASS = [PIPELINE_FILE.stem, pipeline_t2ilab.T2ILabPipeline.__name__]  # model_index.json _class_name
 LOADING = "DiffusionPipeline.from_pretrained({path!r}, trust_remote_code=True)"
+LOADING_LATENT = ("DiffusionPipeline.from_pretrained({path!r}) (a StableDiffusionPipeline; pass this run's "
+                  "num_inference_steps={steps} and guidance_scale={guidance}, SD's defaults are 50 and 7.5)")
 
 
 class ExportError(ValueError):
@@ -29,7 +32,7 @@ class ExportError(ValueError):
 
 
 def image_space(cfg) -> str:
-    """"pixel", or "latent" once a config can name a VAE (model.vae)."""
+    """"pixel", or "latent" when the config names a VAE (model.vae)."""
     return "latent" if getattr(cfg.model, "vae", None) else "pixel"
 
 
@@ -62,7 +65,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, weights: str =
         raise CheckpointError(f"checkpoint {path}: config.yaml does not load ({exc})") from None
     space = image_space(cfg)
     if space not in LAYOUTS:
-        raise ExportError(f"checkpoint {path} is in {space} mode; its export layout is not built yet (pixel mode only)")
+        raise ExportError(f"checkpoint {path} is in {space} mode; its export layout is not built yet")
 
     # Written next to OUTPUT and renamed into place when complete: an interrupted export leaves no half folder.
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -100,13 +103,50 @@ def write_pixel_layout(path: Path, cfg, weights: str, folder: Path) -> None:
     meta = {
         "vocabulary": source.vocabulary, "checkpoint_path": str(path), "manifest": source.manifest,
         "weights": source.weights, "image_space": "pixel", "scheduler": cfg.sampling.scheduler,
-        "load_with": LOADING.format(path="<this folder>"),
+        "load_with": loading(cfg, "<this folder>"),
     }
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
-# image space -> writer(checkpoint, cfg, weights, folder). Latent mode adds a StableDiffusionPipeline layout here.
-LAYOUTS = {"pixel": write_pixel_layout}
+def write_latent_layout(path: Path, cfg, weights: str, folder: Path) -> None:
+    """The StableDiffusionPipeline layout: vae, unet, text_encoder, tokenizer, scheduler, no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    source = load_pipeline(path, weights=weights, scheduler=cfg.sampling.scheduler, device="cpu")
+    shift = getattr(source.vae.config, "shift_factor", None)
+    if shift:  # StableDiffusionPipeline decodes latents / scaling_factor and never adds a shift back
+        raise ExportError(
+            f"checkpoint {path}: its VAE ({cfg.model.vae}) has shift_factor={shift}, which StableDiffusionPipeline "
+            f"ignores, so its images would be wrong; this VAE's checkpoints cannot be exported as Stable Diffusion"
+        )
+    # SD passes the attention mask only when the encoder's config asks for it; t2ilab always passes it.
+    source.text_encoder.config.use_attention_mask = True
+    # SD pads prompts to model_max_length: the caption length the UNet was trained on, as t2ilab samples.
+    source.tokenizer.model_max_length = source.max_prompt_tokens
+    pipe = StableDiffusionPipeline(
+        vae=source.vae, text_encoder=source.text_encoder, tokenizer=source.tokenizer, unet=source.unet,
+        scheduler=source.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    quiet_hub_progress()
+    pipe.save_pretrained(folder)
+    meta = {
+        "vocabulary": source.vocabulary, "checkpoint_path": str(path), "manifest": source.manifest,
+        "weights": source.weights, "image_space": "latent", "scheduler": cfg.sampling.scheduler,
+        "num_inference_steps": cfg.sampling.num_inference_steps, "guidance_scale": cfg.sampling.guidance_scale,
+        "load_with": loading(cfg, "<this folder>"),
+    }
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def loading(cfg, path: str) -> str:
+    """How diffusers loads an export of this run."""
+    if image_space(cfg) == "latent":
+        return LOADING_LATENT.format(path=path, steps=cfg.sampling.num_inference_steps, guidance=cfg.sampling.guidance_scale)
+    return LOADING.format(path=path)
+
+
+# image space -> writer(checkpoint, cfg, weights, folder).
+LAYOUTS = {"pixel": write_pixel_layout, "latent": write_latent_layout}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,5 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, permissions: the partial folder is already removed
         print(f"t2ilab export: error: could not write {args.output}: {exc}; nothing was left behind", file=sys.stderr)
         return 1
-    print(f"wrote {out}; load it with diffusers: {LOADING.format(path=str(out))}")
+    how = json.loads((out / METADATA_FILE).read_text(encoding="utf-8"))["load_with"]
+    print(f"wrote {out}; load it with diffusers: {how.replace(repr('<this folder>'), repr(str(out)))}")
     return 0

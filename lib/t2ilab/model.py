@@ -1,4 +1,4 @@
-"""The denoiser and its noise schedule: a pixel-space diffusers UNet2DConditionModel and a DDPMScheduler."""
+"""The denoiser and its noise schedule: a diffusers UNet2DConditionModel (on pixels or latents) and a DDPMScheduler."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from t2ilab.config import ModelConfig, NoiseConfig
 
 
-def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int) -> UNet2DConditionModel:
-    """A small text-conditioned UNet on RGB pixels; attention levels get cross-attention to the caption."""
+def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int, channels: int = 3) -> UNet2DConditionModel:
+    """A small text-conditioned UNet on `channels` x `resolution`^2 inputs (the image space's channels and sample size);
+    attention levels get cross-attention to the caption."""
     levels = len(model_cfg.block_out_channels)
     if resolution % (2 ** (levels - 1)):
+        where = "data.resolution" if channels == 3 and not model_cfg.vae else "the latent side (data.resolution / the VAE's downsampling)"
         raise ValueError(
-            f"data.resolution={resolution} must be divisible by 2^(levels-1)={2 ** (levels - 1)} "
+            f"{where}={resolution} must be divisible by 2^(levels-1)={2 ** (levels - 1)} "
             f"for {levels} UNet levels (model.block_out_channels)"
         )
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in model_cfg.attention_levels)
@@ -23,8 +25,8 @@ def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int
         if model_cfg.pooled_text_embedding else {}
     return UNet2DConditionModel(
         sample_size=resolution,
-        in_channels=3,
-        out_channels=3,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=tuple(model_cfg.block_out_channels),
         layers_per_block=model_cfg.layers_per_block,
         down_block_types=down,
@@ -37,9 +39,14 @@ def build_unet(model_cfg: ModelConfig, resolution: int, cross_attention_dim: int
     )
 
 
-def build_noise_scheduler(noise_cfg: NoiseConfig) -> DDPMScheduler:
-    """The training-time forward process; samplers are built from its config so betas always match."""
+def build_noise_scheduler(noise_cfg: NoiseConfig, steps_offset: int = 0) -> DDPMScheduler:
+    """The training-time forward process; samplers are built from its config so betas always match.
+
+    steps_offset only moves the sampling timesteps ("leading" spacing); latent runs use 1, Stable Diffusion's value,
+    because StableDiffusionPipeline rewrites any other value to 1 and the export must sample what t2ilab samples.
+    """
     return DDPMScheduler(
+        steps_offset=steps_offset,
         num_train_timesteps=noise_cfg.num_train_timesteps,
         beta_schedule=noise_cfg.beta_schedule,
         beta_start=noise_cfg.beta_start,

@@ -1,6 +1,7 @@
 """Sampling: `T2IPipeline` (a diffusers pipeline with the denoising loop written out), samplers, checkpoint loading.
 
-Pixel space: the UNet denoises RGB images in [-1, 1] directly; there is no VAE.
+Pixel space: the UNet denoises RGB images in [-1, 1] directly (vae=None); latent space: it denoises a frozen VAE's
+latents and the VAE decodes them (representation.space_for).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers.utils import logging as transformers_logging
 
 from t2ilab import text
 from t2ilab.checkpoint import CheckpointError, read_manifest, resolve_checkpoint
+from t2ilab.representation import space_for
 
 try:  # Guidance rescale, https://arxiv.org/abs/2305.08891 section 3.4
     from diffusers.guiders.guider_utils import rescale_noise_cfg
@@ -83,13 +85,14 @@ def unknown_words_message(words: list[str]) -> str:
 
 
 class T2IPipeline(DiffusionPipeline):
-    """Text-to-image sampling with classifier-free guidance in pixel space."""
+    """Text-to-image sampling with classifier-free guidance, in pixel space or (with a vae) in its latent space."""
 
-    model_cpu_offload_seq = "text_encoder->unet"
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder, tokenizer, scheduler):
+    def __init__(self, unet: UNet2DConditionModel, text_encoder, tokenizer, scheduler, vae=None):
         super().__init__()
-        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae)
         # Provenance, filled by load_pipeline / from_pretrained; vocabulary=None means unknown words cannot be checked.
         self.checkpoint_path: str | None = None
         self.manifest: dict = {}
@@ -102,6 +105,11 @@ class T2IPipeline(DiffusionPipeline):
         n = min(self.tokenizer.model_max_length, 512)
         positions = getattr(self.text_encoder.config, "max_position_embeddings", None)
         return min(n, positions) if positions else n
+
+    @property
+    def resolution(self) -> int:
+        """The side of the images this pipeline returns (the UNet's sample size times the VAE's downsampling)."""
+        return space_for(self.vae, self.unet.config.sample_size).resolution
 
     def set_scheduler(self, name: str) -> None:
         """Switch sampler; the trained betas and prediction_type carry over."""
@@ -154,7 +162,8 @@ class T2IPipeline(DiffusionPipeline):
                     model_pred = rescale_noise_cfg(model_pred, pred_cond, guidance_rescale=guidance_rescale)
             noisy_images = self.scheduler.step(model_pred, timesteps, noisy_images, **step_kwargs).prev_sample
 
-        return ImagePipelineOutput(images=_to_output(noisy_images, output_type))
+        images = space_for(self.vae, self.unet.config.sample_size).decode(noisy_images)
+        return ImagePipelineOutput(images=_to_output(images, output_type))
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         return text.encode_prompts(self.text_encoder, self.tokenizer, prompts, self.max_prompt_tokens, device=self.unet.device)
@@ -210,8 +219,7 @@ def _check_call_args(prompts, negative_prompt, steps, guidance_scale, guidance_r
 
 
 def _to_output(images: torch.Tensor, output_type: str):
-    """[-1, 1] pixels -> PIL list, uint8 array (N, H, W, 3) or float tensor (N, 3, H, W) in [0, 1]."""
-    images = (images.float().clamp(-1, 1) + 1) / 2
+    """[0, 1] images (decoded by the image space) -> PIL list, uint8 array (N, H, W, 3) or float tensor (N, 3, H, W)."""
     if output_type == "pt":
         return images.cpu()
     array = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -275,9 +283,11 @@ def load_pipeline(
         # Training padded prompts to model.max_caption_tokens and the UNet attends to padding too: match it.
         tokenizer.model_max_length = max_tokens
 
-    pipe = T2IPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=make_scheduler(scheduler, training_scheduler.config))
+    vae = _load_vae(path, manifest.get("vae"))
+    pipe = T2IPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+                       scheduler=make_scheduler(scheduler, training_scheduler.config), vae=vae)
     pipe.checkpoint_path = str(path)
-    pipe.manifest = {k: manifest.get(k) for k in ("epoch", "global_step", "end_of_epoch")}
+    pipe.manifest = {k: manifest.get(k) for k in ("epoch", "global_step", "end_of_epoch", "vae")}
     pipe.vocabulary = _read_vocabulary(path)
     pipe.weights = weights
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -288,6 +298,17 @@ def load_pipeline(
     pipe.unet.eval()
     pipe.text_encoder.eval()
     return pipe
+
+
+def _load_vae(path: Path, recorded: dict | None):
+    """The VAE a latent checkpoint names (None in pixel space), refused when its files are not the ones trained with."""
+    if not recorded:
+        return None
+    from t2ilab.latent_space import check_same_vae, load_vae, vae_hash
+
+    vae = load_vae(recorded["path"])
+    check_same_vae(path, recorded, {"path": recorded["path"], "sha256": vae_hash(vae)}, "sample")
+    return vae
 
 
 def _load_part(path: Path, part: str, loader):

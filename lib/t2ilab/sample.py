@@ -245,7 +245,7 @@ def _sidecar(args, pipe, prompt: str, seed: int, seconds: float, check: dict, im
         "seconds": round(seconds, 4),
         "unknown_words": check["unknown_words"],
         "truncation": check["truncation"],
-        "resolution": pipe.unet.config.sample_size,
+        "resolution": pipe.resolution,
         "device": str(pipe.unet.device),
         "t2ilab_version": t2ilab.__version__,
     }

@@ -26,6 +26,7 @@ from t2ilab.background import BackgroundReports
 from t2ilab.checkpoint import (
     checkpoint_name,
     load_training_state,
+    read_manifest,
     quiet_hub_progress,
     remove_stale_temporaries,
     resolve_checkpoint,
@@ -36,6 +37,7 @@ from t2ilab.checkpoint import (
 )
 from t2ilab.config import Config, load_config
 from t2ilab.data import dataset_ids, load_dataset, split_change
+from t2ilab.latent_space import check_same_vae
 from t2ilab.losses import per_sample_loss
 from t2ilab.model import build_noise_scheduler, build_unet
 from t2ilab.representation import image_space
@@ -114,11 +116,13 @@ class Trainer:
         if self.is_main:
             remove_stale_temporaries(self.out)
         self.ds = load_dataset(cfg.data)
-        self.space = image_space(cfg.data.resolution)
+        self.space = image_space(cfg)
         self.train_idx, self.val_idx = self.ds.train_idx, self.ds.val_idx
         self.steps_per_epoch = check_split(cfg, len(self.ds.captions), len(self.train_idx), len(self.val_idx))
         ckpt = resolve_checkpoint(resume, self.out) if resume else None
         check_restart(cfg, ckpt)
+        if ckpt is not None:  # before the config diff, so a changed VAE gets a message naming both
+            check_same_vae(ckpt, read_manifest(ckpt).get("vae"), self.space.identity, "resume")
         discard = in_the_way(self.out, ckpt, overwrite)
         torch.manual_seed(t.seed)  # model initialisation is the only use of the global RNG
         captions = [self.ds.captions[i] for i in self.train_idx]
@@ -126,8 +130,9 @@ class Trainer:
         with warnings.catch_warnings():  # the tokenizer has said so already when the vocabulary is capped
             warnings.simplefilter("ignore")
             self.vocabulary = caption_vocabulary(captions, cfg.model.max_caption_tokens)
-        self.noise_scheduler = build_noise_scheduler(cfg.noise)
-        make_unet = lambda: build_unet(cfg.model, self.space.sample_size, self.text_encoder.config.hidden_size)  # noqa: E731
+        self.noise_scheduler = build_noise_scheduler(cfg.noise, steps_offset=1 if cfg.model.vae else 0)
+        make_unet = lambda: build_unet(cfg.model, self.space.sample_size, self.text_encoder.config.hidden_size,  # noqa: E731
+                                       self.space.channels)
         self.unet = make_unet()
         self.plan: ResumePlan | None = None
         self.split_line, state = None, {}
@@ -178,9 +183,9 @@ class Trainer:
         self._announce()
 
     def _to_device(self) -> None:
-        """Everything the loop touches lives on the device once: uint8 images, token ids, the prepared models."""
+        """Everything the loop touches lives on the device once: uint8 images (or their latents), token ids, the models."""
         acc, dev = self.accelerator, self.accelerator.device
-        self.images = self.ds.images.to(dev)
+        self.images = self.space.cache(self.ds, self.cfg.data.cache_dir, dev).to(dev)
         all_ids = tokenize(self.tokenizer, self.ds.captions + [""], self.cfg.model.max_caption_tokens)
         self.input_ids, self.attn_mask = all_ids["input_ids"].to(dev), all_ids["attention_mask"].to(dev)
         self.empty_row = len(self.ds.captions)  # the "" caption that caption dropout swaps in
@@ -207,7 +212,7 @@ class Trainer:
         self.log.info(
             f"t2ilab {__version__}: {len(self.train_idx)} train / {len(self.val_idx)} val images at {cfg.data.resolution}px "
             f"({cfg.data.source}); UNet {n_unet / 1e6:.2f} M params, text encoder {n_text / 1e6:.2f} M "
-            f"({'trained' if self.text_trainable else 'frozen'}); {self.steps_per_epoch} steps/epoch, batch "
+            f"({'trained' if self.text_trainable else 'frozen'}); {self.space.describe()}; {self.steps_per_epoch} steps/epoch, batch "
             f"{cfg.training.batch_size} on {self.world} process(es), device {self.accelerator.device}, "
             f"precision {mixed_precision(cfg)}"
         )
@@ -233,7 +238,7 @@ class Trainer:
 
     def forward_loss(self, unet, idx, rows, timesteps, noise) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample MSE and Min-SNR weight of images `idx` with captions `rows` at `timesteps`."""
-        clean = self.space.encode(self.images[idx])
+        clean = self.space.model_input(self.images[idx])
         with self.accelerator.autocast():
             if self.cached_embeddings is not None:
                 encoder_hidden_states = self.cached_embeddings[rows]
@@ -343,6 +348,8 @@ class Trainer:
             manifest = {"epoch": self.epoch, "global_step": self.global_step, "end_of_epoch": end_of_epoch,
                         "config_hash": self.cfg.hash(), "model_hash": self.cfg.hash(("model", "noise")),
                         "data_fingerprint": self.ds.fingerprint, "versions": _versions(), "metrics": metrics or {}}
+            if self.space.identity is not None:
+                manifest["vae"] = self.space.identity  # its weights stay where model.vae points; sampling checks the hash
             write_checkpoint(self.out, name, write_parts, manifest, [unet, text_encoder, self.ema and unet],
                              self.cfg.training.min_free_disk_mb)
             deleted = rotate_checkpoints(self.out, self.cfg.training.checkpoints_total_limit, self.cfg.milestone_epochs(), keep=path)
