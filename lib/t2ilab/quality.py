@@ -121,7 +121,7 @@ def score_checkpoint(checkpoint, n_per_category: int = 200, scheduler: str = "dp
     scores = judge.category_scores(judged)
     # Records, not a frame: pandas compares attrs when concatenating, which a DataFrame value cannot take.
     scores.attrs["skills"] = judge.skill_scores(judged).to_dict(orient="records")
-    ceiling = ceiling_scores(pipe.unet.config.sample_size, ceiling_n).set_index("category")["accuracy"]
+    ceiling = ceiling_scores(pipe.resolution, ceiling_n).set_index("category")["accuracy"]
     scores["ceiling"] = scores["category"].map(ceiling)
     scores["ceiling_n"] = ceiling_n
     scores.attrs["settings"] = {"scheduler": scheduler, "steps": steps, "guidance": guidance, "weights": pipe.weights,
