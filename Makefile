@@ -38,7 +38,7 @@ bench: $(STAMP)
 # reports/example/ (committed): the index and last milestone of reports/demo/, for readers who have not trained yet.
 example-report: $(STAMP)
 	test -f reports/demo/index.html || $(MAKE) demo
-	$(PY) -m t2ilab.example_report
+	$(PY) -m t2ilab.reporting.example_report
 
 clean:
 	rm -rf $(VENV) .t2ilab_cache outputs

@@ -23,8 +23,8 @@ import torch
 
 from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
 from t2ilab.config import load_config
-from t2ilab.reports import milestone_callback
-from t2ilab.train import train
+from t2ilab.reporting.reports import milestone_callback
+from t2ilab.training.train import train
 
 
 

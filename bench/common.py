@@ -66,8 +66,8 @@ def interleaved_rounds(runners: dict[str, Callable[[int], int]], rounds: int, st
 
 
 def epoch_seconds(run: Path) -> dict[int, float]:
-    """Logged training seconds per epoch of a run (t2ilab.diagnose.read_metrics: resumed stretches deduplicated)."""
-    from t2ilab.diagnose import read_metrics
+    """Logged training seconds per epoch of a run (t2ilab.review.diagnose.read_metrics: resumed stretches deduplicated)."""
+    from t2ilab.review.diagnose import read_metrics
 
     _, val = read_metrics(run)
     return {int(e): float(s) for e, s in zip(val["epoch"], val["epoch_seconds"])}

@@ -1,6 +1,6 @@
 """Sampling speed: images/s per scheduler and step count for one checkpoint (classifier-free guidance on, the
 config's guidance scale), cells timed in interleaved rounds; with --judge N also the judge score per cell
-(t2ilab.quality.sampler_sweep, N prompts per category) and the speed-up at equal quality over the old guide's
+(t2ilab.review.quality.sampler_sweep, N prompts per category) and the speed-up at equal quality over the old guide's
 advice, DDIM with 100 steps: the fastest cell whose score is >= DDIM-100's lower 95% bound.
 
     .venv/bin/python bench/sampling.py                       # latest checkpoint in ./outputs/demo, else untrained
@@ -23,12 +23,12 @@ from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 
 from common import REPO_ROOT, format_table, interleaved_rounds, load_average, median, omp_note, wait_for_quiet
-from t2ilab.checkpoint import CheckpointError, checkpoint_name, resolve_checkpoint, save_model_parts, write_checkpoint
+from t2ilab.training.checkpoint import CheckpointError, checkpoint_name, resolve_checkpoint, save_model_parts, write_checkpoint
 from t2ilab.config import load_config
-from t2ilab.data import load_dataset
-from t2ilab.model import build_noise_scheduler, build_unet
-from t2ilab.pipeline import SCHEDULERS, load_pipeline
-from t2ilab.text import build_text_encoder, caption_vocabulary
+from t2ilab.datasets.data import load_dataset
+from t2ilab.training.model import build_noise_scheduler, build_unet
+from t2ilab.sampling.pipeline import SCHEDULERS, load_pipeline
+from t2ilab.training.text import build_text_encoder, caption_vocabulary
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "unipc", "euler", "euler_ancestral", "heun")
 PROMPTS = ["a red circle", "two squares", "a circle and a triangle", "three green triangles",
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.judge and untrained:
         print("judge skipped: the stand-in checkpoint is untrained (every cell would score ~0)")
     elif args.judge:
-        from t2ilab import quality  # imported here: only --judge needs it
+        from t2ilab.review import quality  # imported here: only --judge needs it
         sweep = quality.sampler_sweep(pipe, schedulers=schedulers, steps=step_counts, guidance_scales=(guidance,),
                                       n_per_category=args.judge)
         scores = {(r.scheduler, int(r.steps)): (r.accuracy, r.ci_low, r.ci_high) for r in sweep.itertuples()}

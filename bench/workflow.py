@@ -1,13 +1,13 @@
 """Workflow times: (1) render + cache 5000 shapes at 32 px into a fresh cache, and the cached reload; (2) resume
 start-up: from launching `python -m t2ilab train --resume latest --max-steps <one more>` on a configs/demo.yaml run
 with 5000 samples to the first new training step (target < 5 s); (3) report generation time per milestone
-(t2ilab.reports.run_reports at `make demo`'s sizes) against the training time between the demo's milestones
+(t2ilab.reporting.reports.run_reports at `make demo`'s sizes) against the training time between the demo's milestones
 (target <= 10 %).
 
     .venv/bin/python bench/workflow.py            # 3 renders, 3 resumes, demo-size reports on a 2-epoch demo run
     .venv/bin/python bench/workflow.py --quick    # 1 render of 1000, 1 resume, no reports
 
-(2) runs the real CLI in a fresh interpreter; a small driver around it records when t2ilab.train is imported and
+(2) runs the real CLI in a fresh interpreter; a small driver around it records when t2ilab.training.train is imported and
 when Trainer.train_step is first entered, so no log parsing (train.log has 1 s resolution) is needed.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import REPO_ROOT, epoch_seconds, format_table, load_average, median, wait_for_quiet
 from t2ilab.config import DataConfig, load_config
-from t2ilab.data import load_dataset
+from t2ilab.datasets.data import load_dataset
 
 TARGET_STARTUP_S = 5.0
 TARGET_REPORT_SHARE = 0.10  # one milestone's report set vs the training between milestones
@@ -32,15 +32,15 @@ TARGET_REPORT_SHARE = 0.10  # one milestone's report set vs the training between
 DRIVER = """
 import json, runpy, sys, time
 launched = float(sys.argv[1]); marks = {"interpreter up": time.time()}
-import t2ilab.train
-marks["t2ilab.train imported"] = time.time()
-step = t2ilab.train.Trainer.train_step
+import t2ilab.training.train
+marks["t2ilab.training.train imported"] = time.time()
+step = t2ilab.training.train.Trainer.train_step
 def timed_step(self, *a, **k):
     marks.setdefault("first step entered", time.time())
     out = step(self, *a, **k)
     marks.setdefault("first step done", time.time())
     return out
-t2ilab.train.Trainer.train_step = timed_step
+t2ilab.training.train.Trainer.train_step = timed_step
 sys.argv = ["t2ilab", *sys.argv[2:]]
 try:
     runpy.run_module("t2ilab", run_name="__main__")
@@ -91,7 +91,7 @@ def time_reports(root: Path, size: str) -> tuple[list[list], dict] | str:
     demo's milestones for comparison; or why it was not measured."""
     try:
         from t2ilab.demo import DEMO_REPORT_PARAMS
-        from t2ilab.reports import run_reports
+        from t2ilab.reporting.reports import run_reports
     except ImportError as exc:
         return f"not measured: reports not built ({exc})"
     run = root / "reports-run"
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             resumes.append(t2ilab_train(common_args + ["--resume", "latest", "--max-steps", str(first + i + 1)],
                                         root / f"resume-{i}.log"))
             loads.append(load_average())
-        keys = ["interpreter up", "t2ilab.train imported", "first step entered", "first step done", "exited"]
+        keys = ["interpreter up", "t2ilab.training.train imported", "first step entered", "first step done", "exited"]
         print(f"\n(2) resume start-up: seconds after launching `python -m t2ilab train --resume latest --max-steps N` "
               f"(demo.yaml, {args.samples} samples; median of {args.resumes}):")
         print(format_table(["mark", "seconds after launch", "each run"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from t2ilab import text
+from t2ilab.training import text
 
 
 def make_tiny_clip(folder: Path, captions: list[str], seed: int = 0) -> Path:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from t2ilab import cli
-from t2ilab.train import train
+from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = str(REPO_ROOT / "configs/tiny.yaml")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from t2ilab.diagnose import VERDICTS, MetricsError, diagnose, diagnose_run, eta, format_duration, main, read_metrics
-from t2ilab.judge import wilson_interval
-from t2ilab.skill_curve import skill_curve
+from t2ilab.review.diagnose import VERDICTS, MetricsError, diagnose, diagnose_run, eta, format_duration, main, read_metrics
+from t2ilab.review.judge import wilson_interval
+from t2ilab.review.skill_curve import skill_curve
 
 LOGS_PER_EPOCH = 5
 STEPS_PER_EPOCH = 50
@@ -244,7 +244,7 @@ def test_plot_training_returns_figure_and_saves_png(tmp_path):
 
 
 def plot_training_(train, val, path):
-    from t2ilab.diagnose import plot_training
+    from t2ilab.review.diagnose import plot_training
 
     return plot_training(train, val, path)
 

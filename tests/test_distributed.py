@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from t2ilab.checkpoint import list_checkpoints
-from t2ilab.train import train
+from t2ilab.training.checkpoint import list_checkpoints
+from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Gradients are averaged by all-reduce in another order than one process sums them: float rounding only.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from t2ilab.example_report import ExampleError, build_example, main
+from t2ilab.reporting.example_report import ExampleError, build_example, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "reports" / "example"

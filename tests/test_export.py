@@ -13,9 +13,9 @@ import torch
 from helpers import make_tiny_checkpoint
 from safetensors.torch import load_file
 
-from t2ilab import export
-from t2ilab.export import export_checkpoint
-from t2ilab.pipeline import load_pipeline
+from t2ilab.sampling import export
+from t2ilab.sampling.export import export_checkpoint
+from t2ilab.sampling.pipeline import load_pipeline
 
 # Sampled in a process where `import t2ilab` fails: the documented route, nothing else. One process for every job
 # (job: export folder, call kwargs, .npy to write); a torch.Generator is built from a "generator_seed" key.
@@ -132,7 +132,7 @@ def test_export_layout_names_the_shipped_pipeline(run):
     assert json.loads((run["ema"] / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == \
         "DPMSolverMultistepScheduler"
     source = (run["ema"] / "pipeline_t2ilab.py").read_text()
-    assert "t2ilab." not in source.replace("t2ilab.pipeline.T2IPipeline", "")  # only a comment names t2ilab code
+    assert "t2ilab." not in source.replace("t2ilab.sampling.pipeline.T2IPipeline", "")  # only a comment names t2ilab code
 
 
 def test_cli_exports_into_an_empty_folder(run, tmp_path, capsys):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from t2ilab import checkpoint as checkpoint_module
-from t2ilab.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
-from t2ilab.diagnose import read_metrics
-from t2ilab.train import train
+from t2ilab.training import checkpoint as checkpoint_module
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
+from t2ilab.review.diagnose import read_metrics
+from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_full_disk_during_checkpoint_is_a_clear_error_and_keeps_the_previous(tin
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_module, "save_training_state", disk_full)
-    monkeypatch.setattr("t2ilab.train.save_training_state", disk_full)
+    monkeypatch.setattr("t2ilab.training.train.save_training_state", disk_full)
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*No space left.*Earlier checkpoints are intact"):
         train(cfg, resume="latest", progress="none")
     assert resolve_checkpoint("latest", cfg.output_dir) == before

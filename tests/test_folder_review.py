@@ -15,9 +15,9 @@ import torch
 from folder_helpers import make_photo_folder
 from metric_helpers import make_tiny_clip, make_tiny_torchscript
 from t2ilab.config import load_config
-from t2ilab.data import load_dataset
-from t2ilab.reports import run_reports
-from t2ilab.train import train
+from t2ilab.datasets.data import load_dataset
+from t2ilab.reporting.reports import run_reports
+from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAPES_PROMPT = "a yellow square on the left"  # in configs/review_prompts.yaml: must not reach a folder review

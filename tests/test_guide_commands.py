@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from t2ilab.sample import main as sample_main
+from t2ilab.sampling.sample import main as sample_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_accelerate_launch_two_processes_without_multi_gpu_is_refused(tmp_path, 
     assert done.returncode != 0
     assert "2 processes were asked for but this is the only one" in done.stderr and "--multi_gpu" in done.stderr
     # accelerate's own launcher prints a traceback for any non-zero child exit; none comes from t2ilab.
-    assert "t2ilab/train.py" not in done.stderr and not (tmp_path / "run").exists()
+    assert "t2ilab/training/train.py" not in done.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

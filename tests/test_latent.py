@@ -16,14 +16,14 @@ from diffusers import AutoencoderKL
 from helpers import make_tiny_checkpoint
 from safetensors.torch import load_file
 
-from t2ilab import latent_space
-from t2ilab.checkpoint import CheckpointError, read_manifest
+from t2ilab.training import latent_space
+from t2ilab.training.checkpoint import CheckpointError, read_manifest
 from t2ilab.config import ConfigError, load_config
-from t2ilab.data import load_dataset, to_model_range
-from t2ilab.export import ExportError, export_checkpoint
-from t2ilab.pipeline import load_pipeline
-from t2ilab.representation import image_space
-from t2ilab.train import train
+from t2ilab.datasets.data import load_dataset, to_model_range
+from t2ilab.sampling.export import ExportError, export_checkpoint
+from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.training.representation import image_space
+from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # SD decodes with (x / 2 + 0.5).clamp(0, 1), t2ilab with (x.clamp(-1, 1) + 1) / 2: equal up to float32 rounding.

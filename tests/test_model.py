@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from t2ilab.config import load_config
-from t2ilab.model import build_unet
-from t2ilab.pipeline import load_pipeline
-from t2ilab.train import train
+from t2ilab.training.model import build_unet
+from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.training.train import train
 
 from helpers import TINY_CONFIG
 

@@ -11,8 +11,8 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from helpers import make_tiny_checkpoint
 from PIL import Image
 
-from t2ilab.checkpoint import CheckpointError
-from t2ilab.pipeline import (
+from t2ilab.training.checkpoint import CheckpointError
+from t2ilab.sampling.pipeline import (
     SCHEDULERS,
     CheckpointWarning,
     T2IPipeline,

@@ -12,8 +12,8 @@ import torch
 from helpers import make_tiny_checkpoint
 from PIL import Image
 
-from t2ilab.pipeline import load_pipeline
-from t2ilab.sample import main
+from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.sampling.sample import main
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -147,7 +147,7 @@ def test_a_read_only_output_folder_is_refused(ckpt, tmp_path, capsys):
 def test_settings_left_out_are_the_runs_own(ckpt, tmp_path):
     """One source of sampling defaults: the run's config (tiny.yaml: 4 steps), not a CLI constant."""
     from t2ilab.config import load_config
-    from t2ilab.explore import generate
+    from t2ilab.sampling.explore import generate
 
     run_cfg = load_config(ckpt / "config.yaml").sampling
     out = tmp_path / "samples"

@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from t2ilab.checkpoint import list_checkpoints
+from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.intervals import difference_interval
-from t2ilab.metrics_log import read_metrics
-from t2ilab.schedule_state import lr_at, restart_rate, schedule_state
-from t2ilab.skill_curve import curve_sentence, milestone_skills, skill_curve
-from t2ilab.train import train
+from t2ilab.training.metrics_log import read_metrics
+from t2ilab.review.schedule_state import lr_at, restart_rate, schedule_state
+from t2ilab.review.skill_curve import curve_sentence, milestone_skills, skill_curve
+from t2ilab.training.train import train
 
 
 def test_lr_at_is_the_cosine_of_the_segment_from_its_start_step():
@@ -94,7 +94,7 @@ def test_one_milestone_or_none_gives_no_rise_and_says_why(tmp_path):
 def test_the_recommended_restart_command_runs_and_starts_the_new_segment_at_its_rate(tiny_config, tmp_path):
     import shlex
 
-    from t2ilab.diagnose import diagnose_run
+    from t2ilab.review.diagnose import diagnose_run
     from t2ilab.train_cli import main as train_main
 
     train(tiny_config("training.lr_scheduler=cosine"), progress="none")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from t2ilab.config import CATEGORIES
-from t2ilab.shapes import (
+from t2ilab.datasets.shapes import (
     COLORS,
     POSITIONS,
     RELATIONS,

@@ -5,12 +5,14 @@ import re
 import pytest
 from PIL import Image
 
-from t2ilab import readable, report_index, review_tables, skill_report
+from t2ilab import readable
+from t2ilab.review import skill_report
+from t2ilab.reporting import report_index, review_tables
 
 
 def skills(**scores):
     """{skill: (hits, n)} -> the records score_checkpoint writes (accuracy with its Wilson interval)."""
-    from t2ilab.judge import wilson_interval
+    from t2ilab.review.judge import wilson_interval
 
     rows = []
     for name, (hits, n) in scores.items():
@@ -85,7 +87,7 @@ def rows_with(*milestones):
     """Index rows as collect_rows makes them: (epoch, skills records, overall, ci)."""
     out = []
     for epoch, records, overall, ci in milestones:
-        summary = report_index.quality_summary({"skills": records, "overall": overall, "overall_ci": ci, "ceiling": 0.99,
+        summary = skill_report.quality_summary({"skills": records, "overall": overall, "overall_ci": ci, "ceiling": 0.99,
                                                 "scores": []})
         out.append({"epoch": epoch, "val_loss": 0.3 - epoch / 100, "val_loss_ema": None, **summary})
     return out

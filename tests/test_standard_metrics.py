@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from metric_helpers import make_tiny_clip, make_tiny_torchscript
-from t2ilab import shapes, standard_metrics
+from t2ilab.datasets import shapes
+from t2ilab.review import standard_metrics
 from t2ilab.config import CATEGORIES, ConfigError, load_config
 
 MIX = {c: 1.0 for c in CATEGORIES}
@@ -57,7 +58,7 @@ def test_fid_and_kid_are_near_zero_for_real_vs_real_and_large_for_noise(tmp_path
 
 
 def test_fid_equals_the_closed_form_on_the_same_features(renders, tmp_path):
-    from t2ilab.features import frechet_distance
+    from t2ilab.review.features import frechet_distance
 
     extractor = standard_metrics.load_extractor(str(make_tiny_torchscript(tmp_path / "e.pt", "extractor")), "feature_extractor")
     a, _, noise = (standard_metrics.extract(extractor, x) for x in renders)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from t2ilab.checkpoint import CheckpointError, list_checkpoints, read_manifest, resolve_checkpoint
-from t2ilab.runlog import RunLockedError, acquire_lock
-from t2ilab.train import TrainingDiverged, train
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, read_manifest, resolve_checkpoint
+from t2ilab.training.runlog import RunLockedError, acquire_lock
+from t2ilab.training.train import TrainingDiverged, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,7 @@ def test_another_model_shape_is_refused_with_a_reason(tiny_config):
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tiny_config, monkeypatch):
     """A loss that turns NaN at step 8 (poisoned from the test side) stops the run with the step and the last good checkpoint."""
-    from t2ilab.train import Trainer
+    from t2ilab.training.train import Trainer
 
     real_forward = Trainer.forward_loss
 
@@ -143,7 +143,7 @@ def test_sigkill_during_checkpoint_write_leaves_latest_loadable(tiny_config):
     out = Path(cfg.output_dir)
     # The test widens the window between the weights and the manifest: save_training_state sleeps 2 s after writing.
     slow_checkpoints = (
-        "import sys, time; import t2ilab.checkpoint as c; real = c.save_training_state\n"
+        "import sys, time; import t2ilab.training.checkpoint as c; real = c.save_training_state\n"
         "def slow(*a, **k):\n    real(*a, **k); time.sleep(2)\n"
         "c.save_training_state = slow\n"
         "from t2ilab.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -9,13 +9,13 @@ from pathlib import Path
 # command -> (module with a `main(argv) -> int`, one-line help)
 COMMANDS = {
     "train": ("t2ilab.train_cli", "train or resume a model (./run_train.sh)"),
-    "sample": ("t2ilab.sample", "generate images from a checkpoint (./run_inference.sh)"),
-    "preview": ("t2ilab.data", "render a preview grid of the configured data set"),
-    "report": ("t2ilab.reports", "execute the report notebooks for a run's milestones"),
-    "export": ("t2ilab.export", "write a checkpoint as a folder diffusers loads without t2ilab (t2ilab export CKPT OUT)"),
+    "sample": ("t2ilab.sampling.sample", "generate images from a checkpoint (./run_inference.sh)"),
+    "preview": ("t2ilab.datasets.data", "render a preview grid of the configured data set"),
+    "report": ("t2ilab.reporting.reports", "execute the report notebooks for a run's milestones"),
+    "export": ("t2ilab.sampling.export", "write a checkpoint as a folder diffusers loads without t2ilab (t2ilab export CKPT OUT)"),
     "demo": ("t2ilab.demo", "the whole story on the embedded shapes set (make demo)"),
-    "diagnose": ("t2ilab.diagnose", "verdict, evidence and next step from a run's loss log (t2ilab diagnose OUTPUT_DIR)"),
-    "arms": ("t2ilab.arms", "branch a checkpoint into the guide's arms, train and judge each vs continue (t2ilab arms CKPT)"),
+    "diagnose": ("t2ilab.review.diagnose", "verdict, evidence and next step from a run's loss log (t2ilab diagnose OUTPUT_DIR)"),
+    "arms": ("t2ilab.review.arms", "branch a checkpoint into the guide's arms, train and judge each vs continue (t2ilab arms CKPT)"),
 }
 
 

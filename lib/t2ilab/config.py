@@ -364,3 +364,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+# Config fields holding paths; a relative one means "from the repo root", as for `t2ilab train` run there.
+PATH_FIELDS = (("output_dir",), ("data", "cache_dir"), ("data", "path"), ("reports", "review_prompts"),
+               ("reports", "reports_dir"))
+
+
+def rebase_paths(cfg: Config, root: str | Path) -> Config:
+    """A copy of `cfg` whose relative paths (output_dir, data cache, ...) are made absolute from `root`."""
+    out = cfg.model_copy(deep=True)
+    base = Path(root).resolve()
+    for path in PATH_FIELDS:
+        section = out
+        for part in path[:-1]:
+            section = getattr(section, part)
+        value = getattr(section, path[-1])
+        if value and not Path(value).expanduser().is_absolute():
+            setattr(section, path[-1], str(base / value))
+    return out

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from t2ilab.checkpoint import CheckpointError, list_checkpoints
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints
 from t2ilab.config import ConfigError, load_config
-from t2ilab.data import load_dataset, preview_grid
-from t2ilab.diagnose import diagnose_run, format_duration
+from t2ilab.datasets.data import load_dataset, preview_grid
+from t2ilab.review.diagnose import diagnose_run, format_duration
 
 # The old run stopped at 118 of 200 epochs: 59 %.
 STOP_FRACTION = 118 / 200
@@ -29,8 +29,8 @@ def _say(text: str) -> None:
 
 def run_demo(config_path: str, overrides: list[str], reports: bool = True, fresh: bool = False) -> dict:
     """Run the whole story; returns the paths and numbers it printed."""
-    from t2ilab.reports import run_reports
-    from t2ilab.train import train
+    from t2ilab.reporting.reports import run_reports
+    from t2ilab.training.train import train
 
     started = time.perf_counter()
     cfg = load_config(config_path, overrides)

@@ -55,3 +55,12 @@ def write_text(path: str | Path, text: str, durable: bool = False) -> Path:
 def write_json(path: str | Path, obj: Any, durable: bool = False, sort_keys: bool = True) -> Path:
     """`obj` cleaned by `jsonable`, indented, written whole; strict JSON (no NaN)."""
     return write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=sort_keys, allow_nan=False), durable=durable)
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON object from a file, or None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from t2ilab.checkpoint import CheckpointError, padded
+from t2ilab.training.checkpoint import CheckpointError, padded
 from t2ilab.paths import caller_overrides, caller_path
 from t2ilab.config import Config, ConfigError, load_config
-from t2ilab.runlog import RunLockedError
-from t2ilab.train import TrainingDiverged, train
+from t2ilab.training.runlog import RunLockedError
+from t2ilab.training.train import TrainingDiverged, train
 
 
 def launcher_processes() -> int | None:
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
         cfg = config_for(args.config, args.resume, args.overrides)
         on_milestone = None
         if args.reports or cfg.reports.on_milestone:
-            from t2ilab.reports import start_background_reports
+            from t2ilab.reporting.reports import start_background_reports
             on_milestone = lambda path, epoch: start_background_reports(cfg, epoch)  # noqa: E731
         result = train(cfg, resume=args.resume, max_steps=args.max_steps, stop_at_epoch=args.stop_at_epoch,
                        progress=args.progress, on_milestone=on_milestone, overwrite=args.overwrite)

@@ -1,0 +1,1 @@
+"""What the model learns from: the rendered shapes set, a folder of your images, the cached split."""
