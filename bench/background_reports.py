@@ -20,12 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
 from t2ilab.config import load_config
 from t2ilab.reporting.reports import milestone_callback
 from t2ilab.training.train import train
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
-
 from t2ilab.training.model import build_noise_scheduler, build_unet
 from t2ilab.training.text import build_text_encoder
 from t2ilab.training.train import mixed_precision

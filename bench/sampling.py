@@ -19,15 +19,20 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import REPO_ROOT, format_table, interleaved_rounds, load_average, median, omp_note, wait_for_quiet
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
-
-from common import REPO_ROOT, format_table, interleaved_rounds, load_average, median, omp_note, wait_for_quiet
-from t2ilab.training.checkpoint import CheckpointError, checkpoint_name, resolve_checkpoint, save_model_parts, write_checkpoint
 from t2ilab.config import load_config
 from t2ilab.datasets.data import load_dataset
-from t2ilab.training.model import build_noise_scheduler, build_unet
 from t2ilab.sampling.pipeline import SCHEDULERS, load_pipeline
+from t2ilab.training.checkpoint import (
+    CheckpointError,
+    checkpoint_name,
+    resolve_checkpoint,
+    save_model_parts,
+    write_checkpoint,
+)
+from t2ilab.training.model import build_noise_scheduler, build_unet
 from t2ilab.training.text import build_text_encoder, caption_vocabulary
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmsolver++", "unipc", "euler", "euler_ancestral", "heun")

@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
-from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.config import load_config
 from t2ilab.review.quality import score_checkpoint
+from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.training.train import train
 
 PLAIN = ["noise.prediction_type=epsilon", "training.snr_gamma=null", "training.use_ema=false",

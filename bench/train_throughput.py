@@ -25,10 +25,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils import flop_counter
-from torch.utils.flop_counter import FlopCounterMode
-
-from common import REPO_ROOT, cpu_flags, device_sync, format_table, interleaved_rounds, load_average, median, omp_note, wait_for_quiet
+from common import (
+    REPO_ROOT,
+    cpu_flags,
+    device_sync,
+    format_table,
+    interleaved_rounds,
+    load_average,
+    median,
+    omp_note,
+    wait_for_quiet,
+)
 from reference_loop import ReferenceLoop
 from t2ilab.config import load_config
 from t2ilab.datasets.data import load_dataset
@@ -37,6 +44,8 @@ from t2ilab.training.resume import build_lr_scheduler
 from t2ilab.training.runlog import release_lock
 from t2ilab.training.text import build_text_encoder
 from t2ilab.training.train import Trainer, epoch_order, mixed_precision
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
 
 VARIANTS = ("channels_last", "compile", "bf16", "foreach_adamw")
 FLOOR = "model fwd+bwd only"

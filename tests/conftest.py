@@ -10,7 +10,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
-
 from t2ilab.config import Config, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
-
-from t2ilab.training import checkpoint, model, text
 from t2ilab.config import load_config
+from t2ilab.training import checkpoint, model, text
 from t2ilab.training.representation import image_space
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from t2ilab.training import text
+from torch import nn
 
 
 def make_tiny_clip(folder: Path, captions: list[str], seed: int = 0) -> Path:

@@ -12,13 +12,12 @@ import nbformat
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from t2ilab import cli
-from t2ilab.review import arms, arms_report
 from t2ilab.config import ConfigError, load_config
 from t2ilab.intervals import change_word, difference_interval
-from t2ilab.review.judge import SKILLS
 from t2ilab.reporting.reports import execute_notebook
+from t2ilab.review import arms, arms_report
+from t2ilab.review.judge import SKILLS
 from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from t2ilab import cli
 from t2ilab.training.train import train
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from t2ilab.datasets import data, shapes
 from t2ilab.config import DataConfig
+from t2ilab.datasets import data, shapes
 from t2ilab.datasets.data import DataError, DataWarning, load_dataset, split_indices
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -379,8 +378,8 @@ def test_preview_command_bad_config_returns_2_with_one_message(tmp_path, capsys)
 def test_a_caption_full_of_unique_words_cannot_grow_the_text_encoder_without_bound():
     import warnings
 
-    from t2ilab.training import text
     from t2ilab.config import ModelConfig
+    from t2ilab.training import text
 
     captions = ["a red circle"] * 3 + [" ".join(f"w{i}" for i in range(k, k + 500)) for k in range(0, 30_000, 500)]
     with warnings.catch_warnings(record=True) as caught:

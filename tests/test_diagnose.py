@@ -9,8 +9,16 @@ import math
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-
-from t2ilab.review.diagnose import VERDICTS, MetricsError, diagnose, diagnose_run, eta, format_duration, main, read_metrics
+from t2ilab.review.diagnose import (
+    VERDICTS,
+    MetricsError,
+    diagnose,
+    diagnose_run,
+    eta,
+    format_duration,
+    main,
+    read_metrics,
+)
 from t2ilab.review.judge import wilson_interval
 from t2ilab.review.skill_curve import skill_curve
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
-
 from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.training.train import train
 

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from t2ilab.reporting.example_report import ExampleError, build_example, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ import pytest
 import torch
 from helpers import make_tiny_checkpoint
 from safetensors.torch import load_file
-
 from t2ilab.sampling import export
 from t2ilab.sampling.export import export_checkpoint
 from t2ilab.sampling.pipeline import load_pipeline

@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
+from t2ilab.review.diagnose import read_metrics
 from t2ilab.training import checkpoint as checkpoint_module
 from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
-from t2ilab.review.diagnose import read_metrics
 from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

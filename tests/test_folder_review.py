@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from folder_helpers import make_photo_folder
 from metric_helpers import make_tiny_clip, make_tiny_torchscript
 from t2ilab.config import load_config

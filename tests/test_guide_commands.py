@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from t2ilab.sampling.sample import main as sample_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,6 @@
 """Newcombe's difference interval: known values, symmetry, and the words drawn from it."""
 
 import pytest
-
 from t2ilab.intervals import change_word, difference_interval
 
 

@@ -3,17 +3,23 @@ and each skill judged on its own (a right-colour, wrong-shape object scores colo
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
-
 from t2ilab.config import CATEGORIES
-from t2ilab.review.judge import (SKILLS, category_scores, find_objects, judge_ceiling, judge_image, judge_images, skill_scores,
-                          wilson_interval)
 from t2ilab.datasets.shapes import COLORS, render_shapes_dataset, render_spec
+from t2ilab.review.judge import (
+    SKILLS,
+    category_scores,
+    find_objects,
+    judge_ceiling,
+    judge_image,
+    judge_images,
+    skill_scores,
+    wilson_interval,
+)
 
 ALL = {c: 1.0 for c in CATEGORIES}
 FRESH_SEED = 5_550_123  # never used while the judge was tuned

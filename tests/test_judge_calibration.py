@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from t2ilab.review.judge import SKILLS, judge_image
-from t2ilab.review.judge_calibration import (MONOTONIC_TOLERANCE, STRENGTHS, calibration_curves, degrade, main,
-                                      monotonic_violations, neighbour_colors)
 from t2ilab.datasets.shapes import render_shapes_dataset, render_spec
+from t2ilab.review.judge import SKILLS, judge_image
+from t2ilab.review.judge_calibration import (
+    MONOTONIC_TOLERANCE,
+    STRENGTHS,
+    calibration_curves,
+    degrade,
+    main,
+    monotonic_violations,
+    neighbour_colors,
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,12 @@ import torch
 from diffusers import AutoencoderKL
 from helpers import make_tiny_checkpoint
 from safetensors.torch import load_file
-
-from t2ilab.training import latent_space
-from t2ilab.training.checkpoint import CheckpointError, read_manifest
 from t2ilab.config import ConfigError, load_config
 from t2ilab.datasets.data import load_dataset, to_model_range
 from t2ilab.sampling.export import ExportError, export_checkpoint
 from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.training import latent_space
+from t2ilab.training.checkpoint import CheckpointError, read_manifest
 from t2ilab.training.representation import image_space
 from t2ilab.training.train import train
 

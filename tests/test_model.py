@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import torch
-
-from t2ilab.config import load_config
-from t2ilab.training.model import build_unet
-from t2ilab.sampling.pipeline import load_pipeline
-from t2ilab.training.train import train
-
 from helpers import TINY_CONFIG
+from t2ilab.config import load_config
+from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.training.model import build_unet
+from t2ilab.training.train import train
 
 
 def test_pooled_caption_vector_changes_the_prediction():

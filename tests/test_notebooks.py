@@ -13,9 +13,8 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-
-from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.reporting.reports import execute_notebook
+from t2ilab.training.checkpoint import list_checkpoints
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"

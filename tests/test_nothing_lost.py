@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import make_tiny_checkpoint
-
-from t2ilab.training import runlog
-from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
 from t2ilab.config import ConfigError
 from t2ilab.sampling.sample import main as sample_main
 from t2ilab.train_cli import main as train_main
+from t2ilab.training import runlog
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, resolve_checkpoint
 from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -36,11 +36,10 @@ def test_torch_is_pinned_to_the_local_cpu_build():
 def test_a_wheel_install_runs_reports_from_another_directory(tmp_path):
     """`pip install .` (not editable) carries the notebooks and configs: `t2ilab report` works from anywhere."""
     import os
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     source = tmp_path / "source"  # a copy: an in-tree build would leave build/ in the checkout
     shutil.copytree(REPO_ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
@@ -75,4 +74,4 @@ def test_a_wheel_install_runs_reports_from_another_directory(tmp_path):
     exported = t2ilab("export", str(run), "exported")
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (elsewhere / "exported" / "pipeline_t2ilab.py").read_bytes() == \
-        (site / "t2ilab" / "export_pipeline" / "pipeline_t2ilab.py").read_bytes()
+        (site / "t2ilab" / "sampling" / "export_pipeline" / "pipeline_t2ilab.py").read_bytes()

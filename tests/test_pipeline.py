@@ -10,8 +10,6 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from helpers import make_tiny_checkpoint
 from PIL import Image
-
-from t2ilab.training.checkpoint import CheckpointError
 from t2ilab.sampling.pipeline import (
     SCHEDULERS,
     CheckpointWarning,
@@ -20,6 +18,7 @@ from t2ilab.sampling.pipeline import (
     load_pipeline,
     make_scheduler,
 )
+from t2ilab.training.checkpoint import CheckpointError
 
 PROMPTS = ["a red circle", "two yellow squares", "a blue square on the left"]
 

@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from helpers import TINY_CONFIG, make_tiny_checkpoint
-from t2ilab.datasets import shapes
-from t2ilab.review import features, judge, quality, quality_review
+from PIL import Image
 from t2ilab.config import CATEGORIES, ConfigError, load_config
+from t2ilab.datasets import shapes
 from t2ilab.datasets.data import load_dataset
+from t2ilab.review import features, judge, quality, quality_review
 from t2ilab.sampling.pipeline import load_pipeline
 from t2ilab.training.train import train
 
@@ -269,8 +268,8 @@ def test_previous_review_is_reused_only_when_it_judged_the_same_checkpoint_the_s
 
 
 def test_memorization_figure_redraws_only_the_shown_images_and_they_are_the_reviewed_ones(trained_run, data_cache):
-    from t2ilab.reporting import notebook_params
     from t2ilab.datasets.data import load_dataset
+    from t2ilab.reporting import notebook_params
 
     checkpoint = trained_run / "checkpoint-epoch-0004"
     dataset = load_dataset(load_config(checkpoint / "config.yaml", [f"data.cache_dir={data_cache}"]).data)

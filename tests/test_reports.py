@@ -18,11 +18,10 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-
-from t2ilab.sampling import explore
 from t2ilab.config import load_config
 from t2ilab.reporting.report_notebook import REPORT_BUDGET_BYTES, shrink_images
 from t2ilab.reporting.reports import NOTEBOOKS, ReportError, main, run_reports, start_background_reports
+from t2ilab.sampling import explore
 from t2ilab.training.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

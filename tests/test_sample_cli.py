@@ -11,7 +11,6 @@ import pytest
 import torch
 from helpers import make_tiny_checkpoint
 from PIL import Image
-
 from t2ilab.sampling.pipeline import load_pipeline
 from t2ilab.sampling.sample import main
 

@@ -7,12 +7,11 @@ import json
 import math
 
 import pytest
-
-from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.intervals import difference_interval
-from t2ilab.training.metrics_log import read_metrics
 from t2ilab.review.schedule_state import lr_at, restart_rate, schedule_state
 from t2ilab.review.skill_curve import curve_sentence, milestone_skills, skill_curve
+from t2ilab.training.checkpoint import list_checkpoints
+from t2ilab.training.metrics_log import read_metrics
 from t2ilab.training.train import train
 
 

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-
 from t2ilab.config import CATEGORIES
 from t2ilab.datasets.shapes import (
     COLORS,

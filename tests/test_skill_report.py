@@ -4,10 +4,9 @@ import re
 
 import pytest
 from PIL import Image
-
 from t2ilab import readable
-from t2ilab.review import skill_report
 from t2ilab.reporting import report_index, review_tables
+from t2ilab.review import skill_report
 
 
 def skills(**scores):

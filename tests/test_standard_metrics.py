@@ -8,11 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from metric_helpers import make_tiny_clip, make_tiny_torchscript
+from t2ilab.config import CATEGORIES, ConfigError, load_config
 from t2ilab.datasets import shapes
 from t2ilab.review import standard_metrics
-from t2ilab.config import CATEGORIES, ConfigError, load_config
 
 MIX = {c: 1.0 for c in CATEGORIES}
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle on the left"]

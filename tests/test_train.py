@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, read_manifest, resolve_checkpoint
 from t2ilab.training.runlog import RunLockedError, acquire_lock
 from t2ilab.training.train import TrainingDiverged, train

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 
 # command -> (module with a `main(argv) -> int`, one-line help)
 COMMANDS = {

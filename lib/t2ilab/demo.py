@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from t2ilab.training.checkpoint import CheckpointError, list_checkpoints
 from t2ilab.config import ConfigError, load_config
 from t2ilab.datasets.data import load_dataset, preview_grid
 from t2ilab.review.diagnose import diagnose_run, format_duration
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints
 
 # The old run stopped at 118 of 200 epochs: 59 %.
 STOP_FRACTION = 118 / 200

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
-
-import math
+from typing import IO, Any, Callable
 
 
 def jsonable(x: Any) -> Any:

@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from t2ilab.training.checkpoint import CheckpointError, padded
-from t2ilab.paths import caller_overrides, caller_path
 from t2ilab.config import Config, ConfigError, load_config
+from t2ilab.paths import caller_overrides, caller_path
+from t2ilab.training.checkpoint import CheckpointError, padded
 from t2ilab.training.runlog import RunLockedError
 from t2ilab.training.train import TrainingDiverged, train
 

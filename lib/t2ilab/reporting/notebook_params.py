@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2ilab.training.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.config import PATH_FIELDS, Config, ConfigError, load_config, rebase_paths  # noqa: F401  (re-exported)
 from t2ilab.review.diagnose import read_metrics
+from t2ilab.training.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.training.resume import ResumePlan, plan_resume
+
 
 def load_run_config(config_path: str | Path, overrides: list[str] | None = None, root: str | Path = "..") -> Config:
     """load_config(config_path, overrides) with relative paths inside the config taken from `root`."""
@@ -35,8 +36,8 @@ def resume_config(output_dir: str | Path, checkpoint: str = "latest", num_epochs
 
 def preview_resume(cfg: Config, checkpoint: Path, root: str | Path = "..") -> ResumePlan:
     """The resume plan training will print, computed without building the model (errors surface here)."""
-    from t2ilab.training.checkpoint import load_training_state
     from t2ilab.datasets.data import data_fingerprint
+    from t2ilab.training.checkpoint import load_training_state
 
     optimizer, _, _, state = load_training_state(checkpoint)
     # Rebased like `cfg`, so a relative data.cache_dir does not show up as a change.
@@ -83,8 +84,8 @@ def memorization_view(checkpoint: str | Path, review: dict, data_cache_dir: str 
     Only the shown generated images are drawn again, with the review's seed, count and sampler settings, so they
     are the images the review measured (quality.sample_like_dataset is deterministic per prompt and seed).
     """
-    from t2ilab.review import features, heldout_review, quality
     from t2ilab.datasets.data import DataWarning, load_dataset
+    from t2ilab.review import features, heldout_review, quality
 
     memo = review.get("memorization") or {}
     if not memo.get("closest"):

@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 from t2ilab import readable
-from t2ilab.review import metric_curves, skill_report
-from t2ilab.training.checkpoint import read_manifest
 from t2ilab.config import CATEGORIES
-from t2ilab.review.judge import SKILLS
 from t2ilab.reporting.report_notebook import epoch_folder, read_json, write_text
+from t2ilab.review import metric_curves, skill_report
+from t2ilab.review.judge import SKILLS
+from t2ilab.training.checkpoint import read_manifest
 
 PLOT_DPI = 80
 INDEX_PLOT = "quality_vs_epoch.png"

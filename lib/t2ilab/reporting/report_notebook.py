@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2ilab.training.checkpoint import MANIFEST
 from t2ilab.files import jsonable, read_json, write_text  # noqa: F401  (reports.py and report_index.py import them from here)
+from t2ilab.training.checkpoint import MANIFEST
 
 KERNEL = "t2ilab"  # registered by `make install`; the venv's own python3 kernel is the fallback
 SCHEMA_VERSION = 1

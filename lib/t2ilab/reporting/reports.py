@@ -16,12 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from t2ilab.training.checkpoint import CheckpointError, list_checkpoints
-from t2ilab.paths import NOTEBOOKS_DIR, resolve_path
 from t2ilab.config import Config, ConfigError, load_config, parse_override
+from t2ilab.paths import NOTEBOOKS_DIR, resolve_path
 from t2ilab.reporting.report_notebook import (  # noqa: F401  (ReportResult, execute_notebook: part of this module's API)
-    DEFAULT_TIMEOUT, ReportResult, epoch_folder, execute_notebook, jsonable, kernel_name, run_one, write_text,
+    DEFAULT_TIMEOUT,
+    ReportResult,
+    epoch_folder,
+    execute_notebook,
+    jsonable,
+    kernel_name,
+    run_one,
+    write_text,
 )
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints
 
 NOTEBOOKS = {"loss_diagnosis": "03_loss_diagnosis.ipynb", "quality_review": "04_quality_review.ipynb"}
 

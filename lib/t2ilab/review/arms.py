@@ -15,9 +15,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from t2ilab.training.checkpoint import (CheckpointError, checkpoint_folders, checkpoint_name, load_training_state, read_manifest,
-                               resolve_checkpoint)
 from t2ilab.config import SEED_MAX, Config, ConfigError, load_config
+from t2ilab.training.checkpoint import (
+    CheckpointError,
+    checkpoint_folders,
+    checkpoint_name,
+    load_training_state,
+    read_manifest,
+    resolve_checkpoint,
+)
 
 ARMS = ("continue", "lower_lr", "more_epochs", "restart", "more_data")
 BASELINE = "continue"
@@ -294,8 +300,8 @@ def run_arms(checkpoint: str | Path, out: str | Path | None = None, arms: list[s
              n_per_category: int = 100, seed: int = 0, restart_peak: float | None = None, overrides: list[str] | None = None,
              batch_size: int = 64, progress: str = "auto", root: str | Path | None = None, log=print) -> dict:
     """Train and judge every arm (skipping arms already trained), write `<out>/arms/arms.json`, return its content."""
-    from t2ilab.review.arms_report import write_results
     from t2ilab.files import read_json
+    from t2ilab.review.arms_report import write_results
 
     source = read_source(checkpoint)
     out = Path(out) if out is not None else source.checkpoint.parent
@@ -351,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from t2ilab.review.arms_report import render
     from t2ilab.paths import caller_overrides, caller_path
+    from t2ilab.review.arms_report import render
     from t2ilab.training.runlog import RunLockedError
 
     args = build_parser().parse_args(argv)

@@ -4,7 +4,6 @@ against `continue`, minutes per arm, and a plot of skills per arm with their int
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,9 +12,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from t2ilab import readable
+from t2ilab.files import read_json, write_json, write_text
 from t2ilab.review.judge import SKILLS
-from t2ilab.files import write_json, write_text
-from t2ilab.files import read_json
 
 TABLES_FILE = "arms.txt"
 OVERALL = "strict overall"

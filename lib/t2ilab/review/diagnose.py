@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from t2ilab.review import skill_curve
-from t2ilab.training.checkpoint import list_checkpoints, resolve_checkpoint
 from t2ilab.config import load_config
-from t2ilab.training.metrics_log import METRICS_FILE, MetricsError, read_metrics  # noqa: F401  (re-exported)
-from t2ilab.paths import resolve_path
-from t2ilab.review.plots import plot_training  # noqa: F401  (re-exported: notebooks call diagnose.plot_training)
 from t2ilab.files import jsonable
+from t2ilab.paths import resolve_path
+from t2ilab.review import skill_curve
+from t2ilab.review.plots import plot_training  # noqa: F401  (re-exported: notebooks call diagnose.plot_training)
 from t2ilab.review.schedule_state import ScheduleState, fmt_lr, schedule_state
 from t2ilab.review.trends import CI_LEVEL, count_spikes, direction, slope  # noqa: F401  (count_spikes re-exported)
+from t2ilab.training.checkpoint import list_checkpoints, resolve_checkpoint
+from t2ilab.training.metrics_log import METRICS_FILE, MetricsError, read_metrics  # noqa: F401  (re-exported)
 
 VERDICTS = ("still_improving", "plateau", "unstable", "overfitting", "too_early", "decayed_still_learning")
 MIN_VAL_POINTS = 4  # fewer validation epochs than this: "too_early"

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from t2ilab.training import text
-from t2ilab.review import quality
 from t2ilab.config import load_config
 from t2ilab.datasets.data import DataWarning, ImageCaptionSet, load_dataset
 from t2ilab.paths import REVIEW_PROMPTS
+from t2ilab.review import quality
+from t2ilab.training import text
 
 HELDOUT = "held-out caption"
 YOURS = "your review prompt"

@@ -13,8 +13,16 @@ from PIL import Image
 from scipy import ndimage
 
 from t2ilab.config import CATEGORIES
-from t2ilab.intervals import Z as _Z, wilson_interval  # noqa: F401  (wilson_interval re-exported)
-from t2ilab.datasets.shapes import BACKGROUND, CENTROID_DOWN, COLORS, SIZE_SPLIT, relation_offsets, render_shapes_dataset
+from t2ilab.datasets.shapes import (
+    BACKGROUND,
+    CENTROID_DOWN,
+    COLORS,
+    SIZE_SPLIT,
+    relation_offsets,
+    render_shapes_dataset,
+)
+from t2ilab.intervals import Z as _Z  # noqa: F401  (wilson_interval re-exported)
+from t2ilab.intervals import wilson_interval
 
 _BACKGROUND = np.array(BACKGROUND, dtype=np.float32)
 _COLOR_VECTORS = np.array(list(COLORS.values()), dtype=np.float32) - _BACKGROUND  # palette, from the background

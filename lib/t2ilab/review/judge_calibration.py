@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from t2ilab.review import judge
 from t2ilab.config import CATEGORIES
 from t2ilab.datasets.shapes import COLORS, render_shapes_dataset
+from t2ilab.review import judge
 
 # Strengths per degradation, 0 first (the clean renders). Units: blur = Gaussian sigma in pixels; noise = standard
 # deviation of additive Gaussian noise on the 0-255 scale; color_shift = share of the way to the palette

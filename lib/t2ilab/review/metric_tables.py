@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 
 from t2ilab import readable
-from t2ilab.review.features import SCALE_NOTE
 from t2ilab.readable import DASH, Note, Table, table_or_note
+from t2ilab.review.features import SCALE_NOTE
 
 MEANING = {
     "clip": "prompt-image agreement: 100 x cosine of CLIP's image and caption embeddings (0 when negative); higher is better",

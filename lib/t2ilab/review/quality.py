@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from t2ilab.datasets import shapes
-from t2ilab.training import text
-from t2ilab.review import judge
 from t2ilab.config import CATEGORIES, ConfigError, read_yaml
+from t2ilab.datasets import shapes
 from t2ilab.paths import REVIEW_PROMPTS
-from t2ilab.sampling.pipeline import T2IPipeline, load_pipeline
+from t2ilab.review import judge
 from t2ilab.review.sweep_verdicts import Z, _compare, answer_guide_claims, best_settings  # noqa: F401 (quality's API)
+from t2ilab.sampling.pipeline import T2IPipeline, load_pipeline
+from t2ilab.training import text
 
 DEFAULT_SWEEP = {"schedulers": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler"), "steps": (10, 20, 50, 100),
                  "guidance_scales": (1.0, 2.0, 4.0, 7.5), "n_per_category": 8}

@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from t2ilab.review import review_distances, skill_report
-from t2ilab.training.checkpoint import read_manifest, resolve_checkpoint
 from t2ilab.config import load_config
 from t2ilab.datasets.data import load_dataset
-from t2ilab.files import jsonable
+from t2ilab.files import jsonable, read_json
 from t2ilab.paths import REVIEW_PROMPTS
-from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.review import review_distances, skill_report
 from t2ilab.review.quality import (
     DEFAULT_SWEEP,
     QUICK_SWEEP,
@@ -25,8 +23,9 @@ from t2ilab.review.quality import (
     sampler_sweep,
     score_checkpoint,
 )
-from t2ilab.files import read_json
 from t2ilab.review.sweep_verdicts import _compare, answer_guide_claims, best_settings
+from t2ilab.sampling.pipeline import load_pipeline
+from t2ilab.training.checkpoint import read_manifest, resolve_checkpoint
 
 
 def review_checkpoint(checkpoint, previous: str | Path | dict | None = None, n_per_category: int | None = None,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from t2ilab.review import features, heldout_review, quality, standard_metrics
 from t2ilab.config import Config
+from t2ilab.review import features, heldout_review, quality, standard_metrics
 
 SETTING_KEYS = ("clip_model", "inception_weights", "feature_extractor")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from t2ilab import readable
+from t2ilab.files import read_json
 from t2ilab.review import skill_report
 from t2ilab.review.judge import SKILLS
-from t2ilab.files import read_json
 
 REVIEW_SIDECAR = "quality_review.metrics.json"
 NO_CURVE = ("no skill scores to read: no quality reviews in {where} (run `t2ilab report --run OUTPUT_DIR`; the "

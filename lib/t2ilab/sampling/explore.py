@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, read_manifest
 from t2ilab.config import run_sampling
 from t2ilab.sampling.pipeline import SCHEDULERS, T2IPipeline, check_prompt, load_pipeline
+from t2ilab.training.checkpoint import CheckpointError, list_checkpoints, read_manifest
 
 DISPLAY_SIDE = 256  # generated images are upscaled (NEAREST) to about this many pixels for the screen
 CACHE_SIZE = 2  # loaded pipelines kept: comparing two checkpoints or EMA/raw does not reload on every click

@@ -14,11 +14,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from t2ilab.training.checkpoint import CheckpointError, quiet_hub_progress, resolve_checkpoint
-from t2ilab.paths import caller_path
 from t2ilab.config import ConfigError, load_config
+from t2ilab.paths import caller_path
 from t2ilab.sampling.export_pipeline import pipeline_t2ilab
 from t2ilab.sampling.pipeline import METADATA_FILE, load_pipeline
+from t2ilab.training.checkpoint import CheckpointError, quiet_hub_progress, resolve_checkpoint
 
 PIPELINE_FILE = Path(pipeline_t2ilab.__file__)  # a module of a subpackage, so every wheel carries it
 PIPELINE_CLASS = [PIPELINE_FILE.stem, pipeline_t2ilab.T2ILabPipeline.__name__]  # model_index.json _class_name

@@ -14,9 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, ImagePipelineOutput
-from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
-from diffusers import UNet2DConditionModel, UniPCMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from tqdm.auto import tqdm

@@ -20,11 +20,11 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 import t2ilab
-from t2ilab.training.checkpoint import CheckpointError, resolve_checkpoint
-from t2ilab.paths import caller_path
 from t2ilab.config import SEED_MAX, run_sampling
 from t2ilab.files import write_atomically
+from t2ilab.paths import caller_path
 from t2ilab.sampling.pipeline import SCHEDULERS, CheckpointWarning, check_prompt, load_pipeline
+from t2ilab.training.checkpoint import CheckpointError, resolve_checkpoint
 
 MAX_PROMPT_CHARS = 100_000  # longer prompts are refused (the text encoder reads only its first tokens anyway)
 MAX_PROMPTS_FILE = 10_000_000  # bytes

@@ -310,3 +310,16 @@ def load_training_state(folder: str | Path) -> tuple[dict, dict, dict, dict]:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint {folder}: training_state/state.json unreadable ({exc})") from None
     return out[0], out[1], out[2], state
+
+
+def library_versions() -> dict[str, str]:
+    """The versions a checkpoint records, so a later load can say what wrote it."""
+    import accelerate
+    import diffusers
+    import torch
+    import transformers
+
+    from t2ilab import __version__
+
+    return {"t2ilab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__}

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from t2ilab.training.checkpoint import CheckpointError
 from t2ilab.config import ConfigError
 from t2ilab.datasets.data import DataWarning, to_model_range
+from t2ilab.training.checkpoint import CheckpointError
 
 LATENTS_FILE = "latents.safetensors"
 LATENTS_FORMAT = 1  # bump when encoding changes: old latent caches are then ignored

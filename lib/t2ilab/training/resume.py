@@ -20,8 +20,8 @@ from pathlib import Path
 
 from diffusers.optimization import get_scheduler
 
-from t2ilab.training.checkpoint import CheckpointError
 from t2ilab.config import Config
+from t2ilab.training.checkpoint import CheckpointError
 
 # Changing these sections changes the network or the forward process: the checkpoint cannot continue.
 _REFUSE_SECTIONS = ("model", "noise")

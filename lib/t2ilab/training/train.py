@@ -22,12 +22,16 @@ import torch
 from accelerate import Accelerator
 
 from t2ilab import __version__
+from t2ilab.config import Config, load_config
+from t2ilab.datasets.data import dataset_ids, load_dataset, split_change
 from t2ilab.training.background import BackgroundReports
+from t2ilab.training.batches import draw_batch, epoch_order, step_generator  # noqa: F401  (re-exported)
 from t2ilab.training.checkpoint import (
     checkpoint_name,
+    library_versions,
     load_training_state,
-    read_manifest,
     quiet_hub_progress,
+    read_manifest,
     remove_stale_temporaries,
     resolve_checkpoint,
     rotate_checkpoints,
@@ -35,8 +39,6 @@ from t2ilab.training.checkpoint import (
     save_training_state,
     write_checkpoint,
 )
-from t2ilab.config import Config, load_config
-from t2ilab.datasets.data import dataset_ids, load_dataset, split_change
 from t2ilab.training.latent_space import check_same_vae
 from t2ilab.training.losses import per_sample_loss
 from t2ilab.training.model import build_noise_scheduler, build_unet
@@ -73,15 +75,6 @@ class TrainResult:
     global_step: int
     last_checkpoint: Path | None
     stopped: str  # "finished" | "max_steps" | "stop_at_epoch" | "signal"
-
-
-def epoch_order(train_idx: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """The data order of one epoch: a permutation seeded by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(train_idx)
-
-
-def step_generator(seed: int, global_step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + global_step)
 
 
 class Trainer:
@@ -135,12 +128,13 @@ class Trainer:
                                        self.space.channels)
         self.unet = make_unet()
         self.plan: ResumePlan | None = None
-        self.split_line, state = None, {}
+        self.split_line = None
+        resumed = load_training_state(ckpt) if ckpt is not None else None  # (optimizer, lr scheduler, rng, state)
+        state = resumed[3] if resumed else {}
         if ckpt is not None:
-            state_opt, state_sched, rng, state = load_training_state(ckpt)
             old_cfg = load_config(ckpt / "config.yaml")
             self.plan = plan_resume(ckpt, state, old_cfg, cfg, self.ds.fingerprint, self.steps_per_epoch,
-                                    state_opt["param_groups"][0]["lr"], self.world)
+                                    resumed[0]["param_groups"][0]["lr"], self.world)
             load_weights(self.unet, ckpt / "unet", "UNet")
             old_fingerprint = state.get("data_fingerprint")  # a grown or shrunk data set: say where new images went
             if old_fingerprint != self.ds.fingerprint:
@@ -151,23 +145,7 @@ class Trainer:
         if not self.text_trainable:
             self.text_encoder.requires_grad_(False)
         self.optimizer = build_optimizer(cfg, params, acc.device)
-        sums = None
-        if ckpt is not None:
-            self.optimizer.load_state_dict(state_opt)
-            self.segment = self.plan.lr_segment
-            self.lr_scheduler = build_lr_scheduler(self.optimizer, self.segment)
-            if not self.plan.new_segment:
-                self.lr_scheduler.load_state_dict(state_sched)
-                for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
-                    group["lr"] = lr
-            self.epoch, self.step_in_epoch, self.global_step = self.plan.epoch, self.plan.step_in_epoch, self.plan.global_step
-            # Running log sums continue exactly unless the plan changed the run (then they restart empty).
-            sums = {k: v.clone() for k, v in rng["accumulators"].items()} if not self.plan.warnings else None
-            torch.set_rng_state(rng["torch"])
-        else:
-            self.segment = fresh_segment(cfg, self.steps_per_epoch)
-            self.lr_scheduler = build_lr_scheduler(self.optimizer, self.segment)
-            self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        sums = self._restore_position(resumed)
         self.stats = StepStats(t.loss_bins, cfg.noise.num_train_timesteps, sums)
         self.last_checkpoint = ckpt
         self._to_device()
@@ -181,6 +159,28 @@ class Trainer:
         if t.tensorboard:
             acc.init_trackers("t2ilab")
         self._announce()
+
+    def _restore_position(self, resumed) -> dict | None:
+        """Optimizer, LR schedule, position and RNG: the checkpoint's, as the resume plan says, or a fresh run's.
+
+        Returns the checkpoint's running log sums when they continue exactly (None: start them empty)."""
+        if resumed is None:
+            self.segment = fresh_segment(self.cfg, self.steps_per_epoch)
+            self.lr_scheduler = build_lr_scheduler(self.optimizer, self.segment)
+            self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+            return None
+        state_opt, state_sched, rng, _ = resumed
+        self.optimizer.load_state_dict(state_opt)
+        self.segment = self.plan.lr_segment
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, self.segment)
+        if not self.plan.new_segment:
+            self.lr_scheduler.load_state_dict(state_sched)
+            for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                group["lr"] = lr
+        self.epoch, self.step_in_epoch, self.global_step = self.plan.epoch, self.plan.step_in_epoch, self.plan.global_step
+        torch.set_rng_state(rng["torch"])
+        # Running log sums continue exactly unless the plan changed the run (then they restart empty).
+        return {k: v.clone() for k, v in rng["accumulators"].items()} if not self.plan.warnings else None
 
     def _to_device(self) -> None:
         """Everything the loop touches lives on the device once: uint8 images (or their latents), token ids, the models."""
@@ -221,20 +221,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _batch(self, order: np.ndarray, index: int):
-        """The global batch of this step, this process's slice of it, and its random draws."""
-        t = self.cfg.training
-        idx = torch.as_tensor(order[index * t.batch_size:(index + 1) * t.batch_size])
-        gen = step_generator(t.seed, self.global_step)
-        timesteps = torch.randint(0, self.cfg.noise.num_train_timesteps, (t.batch_size,), generator=gen)
-        noise = torch.randn(self.space.noise_shape(t.batch_size), generator=gen)
-        if t.offset_noise > 0:
-            noise = noise + t.offset_noise * torch.randn((t.batch_size, self.space.channels, 1, 1), generator=gen)
-        drop = torch.rand(t.batch_size, generator=gen) < t.caption_dropout
-        rows = torch.where(drop, torch.full_like(idx, self.empty_row), idx)  # caption dropout: the "" row
-        share = t.batch_size // self.world
-        mine = slice(self.accelerator.process_index * share, (self.accelerator.process_index + 1) * share)
-        dev = self.accelerator.device
-        return idx[mine].to(dev), rows[mine].to(dev), timesteps[mine].to(dev), noise[mine].to(dev)
+        """This process's slice of the step's global batch and its random draws (batches.py)."""
+        return draw_batch(self.cfg, self.space, order, index, self.global_step, self.world,
+                          self.accelerator.process_index, self.empty_row, self.accelerator.device)
 
     def forward_loss(self, unet, idx, rows, timesteps, noise) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample MSE and Min-SNR weight of images `idx` with captions `rows` at `timesteps`."""
@@ -347,7 +336,7 @@ class Trainer:
 
             manifest = {"epoch": self.epoch, "global_step": self.global_step, "end_of_epoch": end_of_epoch,
                         "config_hash": self.cfg.hash(), "model_hash": self.cfg.hash(("model", "noise")),
-                        "data_fingerprint": self.ds.fingerprint, "versions": _versions(), "metrics": metrics or {}}
+                        "data_fingerprint": self.ds.fingerprint, "versions": library_versions(), "metrics": metrics or {}}
             if self.space.identity is not None:
                 manifest["vae"] = self.space.identity  # its weights stay where model.vae points; sampling checks the hash
             write_checkpoint(self.out, name, write_parts, manifest, [unet, text_encoder, self.ema and unet],
@@ -405,15 +394,6 @@ class Trainer:
     def _result(self, stopped: str) -> TrainResult:
         self.log.info(f"stopped ({stopped}) at epoch {self.epoch}, step {self.global_step}; last checkpoint {self.last_checkpoint}")
         return TrainResult(self.out, self.epoch, self.global_step, self.last_checkpoint, stopped)
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import diffusers
-    import transformers
-
-    return {"t2ilab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__}
 
 
 def train(cfg: Config, resume: str | None = None, max_steps: int | None = None, stop_at_epoch: int | None = None,

@@ -14,8 +14,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
-from t2ilab.training.checkpoint import CheckpointError, checkpoint_folders, later_checkpoints
 from t2ilab.config import Config, ConfigError
+from t2ilab.training.checkpoint import CheckpointError, checkpoint_folders, later_checkpoints
 from t2ilab.training.text import build_text_encoder, load_pretrained_text_encoder
 
 
