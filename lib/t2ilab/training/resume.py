@@ -94,6 +94,29 @@ def plan_resume(
 ) -> ResumePlan:
     """Compare the checkpoint's run with the requested one; refuse what cannot continue, plan the rest."""
     old, new = old_cfg.to_dict(), new_cfg.to_dict()
+    _refuse_what_cannot_continue(checkpoint, state, old, new)
+    epoch, step_in_epoch, spe_changed, lines, warnings = _position(state, old["training"], new["training"],
+                                                                  data_fingerprint, steps_per_epoch, world_size)
+    segment, new_segment, line = _lr_segment(state, old["training"], new["training"], spe_changed, epoch, step_in_epoch,
+                                             steps_per_epoch, current_lr)
+    lines.append(line)
+    if old["training"]["num_epochs"] != new["training"]["num_epochs"]:
+        lines.append(f"training.num_epochs {old['training']['num_epochs']} -> {new['training']['num_epochs']}")
+    skip = {f"training.{k}" for k in _SCHEDULE_KEYS} | {"training.batch_size", "training.seed", "output_dir"}
+    for key, a, b in _diff(old, new):
+        if key not in skip and not key.startswith("data."):
+            lines.append(f"{key}: {a!r} -> {b!r} (applied from here on)")
+    for key, a, b in _diff(old["data"], new["data"], "data."):
+        lines.append(f"{key}: {a!r} -> {b!r}")
+    return ResumePlan(checkpoint=checkpoint, epoch=epoch, global_step=state["global_step"], step_in_epoch=step_in_epoch,
+                      lr_segment=segment, new_segment=new_segment, lines=lines, warnings=warnings)
+
+
+_SCHEDULE_KEYS = ("learning_rate", "num_epochs", "batch_size", "lr_scheduler", "lr_restart")  # a change: new segment
+
+
+def _refuse_what_cannot_continue(checkpoint: Path, state: dict, old: dict, new: dict) -> None:
+    """Another network or forward process, or no epochs left: a CheckpointError that says what to do."""
     for section in _REFUSE_SECTIONS:
         changed = _diff(old[section], new[section], f"{section}.")
         if changed:
@@ -102,16 +125,20 @@ def plan_resume(
                 f"cannot resume {checkpoint}: it was trained with a different {section} ({detail}). "
                 f"Use the checkpoint's config (omit --config, or keep its {section}: section) or start a new output_dir."
             )
-    epoch, global_step = state["epoch"], state["global_step"]
-    step_in_epoch = state.get("step_in_epoch", 0)
-    if new_cfg.training.num_epochs < epoch or (new_cfg.training.num_epochs == epoch and step_in_epoch == 0):
+    epoch, step_in_epoch, num_epochs = state["epoch"], state.get("step_in_epoch", 0), new["training"]["num_epochs"]
+    if num_epochs < epoch or (num_epochs == epoch and step_in_epoch == 0):
         raise CheckpointError(
-            f"training.num_epochs={new_cfg.training.num_epochs} but {checkpoint} has already completed {epoch} epochs; "
+            f"training.num_epochs={num_epochs} but {checkpoint} has already completed {epoch} epochs; "
             f"raise it, e.g. --set training.num_epochs={max(epoch * 3 // 2, epoch + 1)}"
         )
+
+
+def _position(state: dict, t_old: dict, t_new: dict, data_fingerprint: str, steps_per_epoch: int,
+              world_size: int) -> tuple[int, int, bool, list[str], list[str]]:
+    """(epoch, step in epoch, steps per epoch changed, plan lines, warnings): where the resumed run starts."""
+    epoch, global_step, step_in_epoch = state["epoch"], state["global_step"], state.get("step_in_epoch", 0)
     lines: list[str] = []
     warnings: list[str] = []
-    t_old, t_new = old["training"], new["training"]
     if state.get("world_size", 1) != world_size:
         lines.append(
             f"processes: {state.get('world_size', 1)} -> {world_size}; the global batch stays "
@@ -138,47 +165,28 @@ def plan_resume(
         warnings.append("the data set differs from the checkpoint's (data fingerprint changed); training continues on the new data")
     if t_old["seed"] != t_new["seed"]:
         warnings.append(f"training.seed {t_old['seed']} -> {t_new['seed']}: noise and data order change from here on")
+    return epoch, step_in_epoch, spe_changed, lines, warnings
 
-    segment = dict(state["lr_segment"])
-    schedule_keys = ("learning_rate", "num_epochs", "batch_size", "lr_scheduler", "lr_restart")
-    new_segment = spe_changed or any(t_old.get(k) != t_new.get(k) for k in schedule_keys)
-    if new_segment:
-        restart = t_new["lr_restart"] is not None and t_old.get("lr_restart") != t_new["lr_restart"]
-        lr_changed = t_old["learning_rate"] != t_new["learning_rate"]
-        base = t_new["lr_restart"] if restart else t_new["learning_rate"] if lr_changed else current_lr
-        segment = {
-            "start_step": global_step,
-            "base_lr": base,
-            "warmup": 0,
-            "schedule": "constant" if t_new["lr_scheduler"] == "constant_with_warmup" else t_new["lr_scheduler"],
-            "total_steps": global_step + (new_cfg.training.num_epochs * steps_per_epoch - epoch * steps_per_epoch - step_in_epoch),
-        }
-        why = f"learning_rate {t_old['learning_rate']:.1e} -> {t_new['learning_rate']:.1e}" if lr_changed else (
-            f"continuing from the current learning rate {current_lr:.2e} (no jump)"
-        )
-        if restart:
-            why = f"restart from peak {base:.2e} (training.lr_restart; it was {current_lr:.2e})"
-        lines.append(
-            f"learning rate: new '{segment['schedule']}' segment from step {global_step} to {segment['total_steps']}, "
-            f"{why}"
-        )
-    else:
-        lines.append(f"learning rate: schedule restored exactly (current {current_lr:.2e})")
-    if t_old["num_epochs"] != t_new["num_epochs"]:
-        lines.append(f"training.num_epochs {t_old['num_epochs']} -> {t_new['num_epochs']}")
-    skip = {f"training.{k}" for k in schedule_keys} | {"training.batch_size", "training.seed", "output_dir"}
-    for key, a, b in _diff(old, new):
-        if key not in skip and not key.startswith("data."):
-            lines.append(f"{key}: {a!r} -> {b!r} (applied from here on)")
-    for key, a, b in _diff(old["data"], new["data"], "data."):
-        lines.append(f"{key}: {a!r} -> {b!r}")
-    return ResumePlan(
-        checkpoint=checkpoint,
-        epoch=epoch,
-        global_step=global_step,
-        step_in_epoch=step_in_epoch,
-        lr_segment=segment,
-        new_segment=new_segment,
-        lines=lines,
-        warnings=warnings,
+
+def _lr_segment(state: dict, t_old: dict, t_new: dict, spe_changed: bool, epoch: int, step_in_epoch: int,
+                steps_per_epoch: int, current_lr: float) -> tuple[dict, bool, str]:
+    """(segment, whether it is new, the plan line): the saved segment, or a new one when the schedule changed."""
+    global_step = state["global_step"]
+    if not (spe_changed or any(t_old.get(k) != t_new.get(k) for k in _SCHEDULE_KEYS)):
+        return dict(state["lr_segment"]), False, f"learning rate: schedule restored exactly (current {current_lr:.2e})"
+    restart = t_new["lr_restart"] is not None and t_old.get("lr_restart") != t_new["lr_restart"]
+    lr_changed = t_old["learning_rate"] != t_new["learning_rate"]
+    base = t_new["lr_restart"] if restart else t_new["learning_rate"] if lr_changed else current_lr
+    segment = {
+        "start_step": global_step,
+        "base_lr": base,
+        "warmup": 0,
+        "schedule": "constant" if t_new["lr_scheduler"] == "constant_with_warmup" else t_new["lr_scheduler"],
+        "total_steps": global_step + (t_new["num_epochs"] * steps_per_epoch - epoch * steps_per_epoch - step_in_epoch),
+    }
+    why = f"learning_rate {t_old['learning_rate']:.1e} -> {t_new['learning_rate']:.1e}" if lr_changed else (
+        f"continuing from the current learning rate {current_lr:.2e} (no jump)"
     )
+    if restart:
+        why = f"restart from peak {base:.2e} (training.lr_restart; it was {current_lr:.2e})"
+    return segment, True, f"learning rate: new '{segment['schedule']}' segment from step {global_step} to {segment['total_steps']}, {why}"
