@@ -136,14 +136,15 @@ def run_levers(args) -> int:
             loads.append(load_average())
             results[name] = train_and_judge(name, args.config, ARMS[name], Path(tmp), args.epochs, args.every, args.judge, args.overrides)
             loads.append(load_average())
-    table = lever_table(results)
-    verdicts = skill_verdicts(results)
-    where = (f"{args.judge} prompts/category (x6 categories), {args.threads} threads{omp_note()}, cpu; load average "
-             f"{min(loads):.2f}-{max(loads):.2f} during the study (the CPU is shared: s/step is wall clock under contention)")
-    text = "\n".join([f"`.venv/bin/python {command}` ({time.perf_counter() - t0:.0f} s, started {started})", "",
-                      "```", table, "", *verdicts, where, "```"])
-    print("\n" + text)
-    if args.write_results:
-        write_section(text)
-        print(f"wrote the {SECTION} section of bench/RESULTS.md")
+            # After every arm, so a study cut short still leaves the arms it finished.
+            done = "" if len(results) == len(names) else f"; arms not run yet: {', '.join(n for n in names if n not in results)}"
+            where = (f"{args.judge} prompts/category (x6 categories), {args.threads} threads{omp_note()}, cpu; load average "
+                     f"{min(loads):.2f}-{max(loads):.2f} during the study (the CPU is shared: s/step is wall clock under "
+                     f"contention){done}")
+            text = "\n".join([f"`.venv/bin/python {command}` ({time.perf_counter() - t0:.0f} s, started {started})", "",
+                              "```", lever_table(results), "", *skill_verdicts(results), where, "```"])
+            print("\n" + text, flush=True)
+            if args.write_results:
+                write_section(text)
+                print(f"wrote the {SECTION} section of bench/RESULTS.md", flush=True)
     return 0
