@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, untrained = untrained_checkpoint(args.config, Path(tmp.name)), True
     pipe = load_pipeline(checkpoint, device="cpu")
     size = pipe.unet.config.sample_size
-    what = f"UNTRAINED demo-size stand-in (no ./outputs/demo checkpoint; timing only)" if untrained else str(checkpoint)
+    what = "UNTRAINED demo-size stand-in (no ./outputs/demo checkpoint; timing only)" if untrained else str(checkpoint)
     print(f"sampling: {what}; {size}px, {args.images} images per call, guidance {guidance}, {args.threads} threads, cpu fp32")
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]

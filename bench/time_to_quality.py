@@ -1,8 +1,16 @@
 """Time to quality: training wall-clock and steps until the judge's overall score reaches a target, t2ilab's
-recipe vs a plain one on the same model, data, batch size, step budget and seed.
+recipe vs a plain one on the same model, data, batch size, step budget and seed; or (--levers) recipe levers
+against the demo recipe at fixed optimiser-step marks.
 
     .venv/bin/python bench/time_to_quality.py                 # demo.yaml, both recipes, ~16 min on 2 CPU cores
     .venv/bin/python bench/time_to_quality.py --quick         # t2ilab 4 epochs, plain as long; smoke-test size
+    .venv/bin/python bench/time_to_quality.py --levers --epochs 8 --every 4 --judge 50 --write-results
+                                                              # demo vs flow matching vs CoordConv vs both
+
+Levers (--levers; lever_study.py): every arm is demo.yaml plus its overrides, trained from scratch for the same
+--epochs (so the same steps and the same cosine schedule), judged at every --every epochs on the same prompts and
+seeds; the table gives strict overall and each skill with Wilson 95 % CIs, Newcombe's verdict against the demo arm
+at the same step, and seconds per step (wall clock: on a shared CPU it is the noisiest column).
 
 Recipes (everything else is the config's):
   t2ilab  the config as written: v-prediction, Min-SNR-5 weighting, EMA (sampled from), cosine LR with warm-up
@@ -103,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-load", type=float, default=1.5)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both recipes")
+    p.add_argument("--levers", action="store_true", help="the lever study (demo vs flow matching vs CoordConv vs both)")
+    p.add_argument("--arms", default=None, help="--levers: comma-separated arms to run (default all: "
+                                                "demo,flow_matching,coord_channels,flow+coords)")
+    p.add_argument("--write-results", action="store_true", help="--levers: put the table into bench/RESULTS.md")
     args = p.parse_args(argv)
+    if args.levers:
+        from lever_study import run_levers
+
+        return run_levers(args)
     if args.quick:
         args.epochs, args.every, args.judge, args.plain_budget = 4, 2, 8, 1.0
     os.chdir(REPO_ROOT)

@@ -10,8 +10,8 @@ import torch
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from helpers import make_tiny_checkpoint
 from PIL import Image
+from t2ilab.config import OBJECTIVE_SCHEDULERS
 from t2ilab.sampling.pipeline import (
-    SCHEDULERS,
     CheckpointWarning,
     T2IPipeline,
     check_prompt,
@@ -85,7 +85,7 @@ def test_batched_unet_matches_alone_to_rounding(pipe, name):
 
 
 @pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", OBJECTIVE_SCHEDULERS["diffusion"])  # flow_euler: tests/test_objectives.py
 def test_every_scheduler_runs_and_keeps_training_betas(pipe, name, prediction_type):
     p = with_scheduler(pipe, name, prediction_type=prediction_type)
     assert p.scheduler.config.prediction_type == prediction_type

@@ -79,7 +79,7 @@ def test_missing_or_unset_weights_give_a_sentence_naming_key_and_path(tmp_path, 
     assert clip["status"] == "unavailable" and f"reports.clip_model={missing['clip_model']!r}" in clip["message"]
     assert "never downloads" in clip["message"]
     assert inception["status"] == "unavailable" and "does not exist" in inception["message"]
-    assert f"put a TorchScript Inception file" in inception["message"] and str(tmp_path / "no-inception.pt") in inception["message"]
+    assert "put a TorchScript Inception file" in inception["message"] and str(tmp_path / "no-inception.pt") in inception["message"]
     assert extractor["status"] == "unavailable" and "is not a TorchScript file" in extractor["message"]
     few = standard_metrics.standard_metrics(missing | {"min_images": 50}, a[:30], ["x"] * 30, b[:5], ["x"] * 5)
     assert few["inception_weights"]["message"] == "too few held-out images for FID and KID (have 5, need >= 50)"

@@ -31,6 +31,11 @@ class _Section(BaseModel):
 SEED_MAX = 2**32 - 1  # seeds feed numpy and torch generators (seed * 1_000_003 + step must stay below 2**64)
 PIXEL_MAX_RESOLUTION = 128  # data.resolution in pixel space; latent space (model.vae) goes to 512
 CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
+# Sampler names valid for each noise.objective (t2ilab.sampling.pipeline.SCHEDULERS holds their classes).
+OBJECTIVE_SCHEDULERS = {
+    "diffusion": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler", "euler_ancestral", "heun"),
+    "flow_matching": ("flow_euler",),
+}
 
 
 class DataConfig(_Section):
@@ -74,6 +79,7 @@ class ModelConfig(_Section):
     text_layers: int = Field(2, ge=1, le=12)  # scratch text encoder depth
     text_heads: int = Field(4, ge=1, le=64)  # scratch text encoder attention heads
     max_caption_tokens: int = Field(24, ge=4, le=512)  # longer prompts are truncated (with a warning)
+    coord_channels: bool = False  # CoordConv (https://arxiv.org/abs/1807.03247): x and y in [-1, 1] as 2 extra UNet inputs
     vae: str | None = Field(None, min_length=1)  # a diffusers AutoencoderKL folder or hub id in the local cache (frozen): train on its latents; None = pixel space
 
     @model_validator(mode="after")
@@ -92,6 +98,12 @@ class ModelConfig(_Section):
 
 
 class NoiseConfig(_Section):
+    # diffusion: DDPM forward process (the fields below up to rescale_betas_zero_snr); flow_matching: rectified flow,
+    # x_t = (1-t) x0 + t noise, the UNet predicts noise - x0 at timestep t * num_train_timesteps (Esser et al. 2024,
+    # https://arxiv.org/abs/2403.03206); the beta and prediction_type fields do not apply to it.
+    objective: Literal["diffusion", "flow_matching"] = "diffusion"
+    logit_mean: float = Field(0.0, ge=-5, le=5)  # flow_matching: t = sigmoid(u), u ~ Normal(logit_mean, logit_std)
+    logit_std: float = Field(1.0, gt=0, le=5)  # flow_matching: spread of the logit-normal timestep density
     num_train_timesteps: int = Field(1000, ge=10, le=10000)  # DDPM steps of the forward process
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"  # cosine suits small images
     beta_start: float = Field(0.0001, gt=0, lt=1)  # linear schedules only
@@ -191,6 +203,38 @@ class Config(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     reports: ReportsConfig = Field(default_factory=ReportsConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flow_matching_defaults(cls, data: Any) -> Any:
+        """Under flow matching, snr_gamma defaults to null and sampling.scheduler to flow_euler (set values are checked)."""
+        if not isinstance(data, dict) or not isinstance(data.get("noise"), dict):
+            return data
+        if data["noise"].get("objective") != "flow_matching":
+            return data
+        data = dict(data)
+        for section, key, value in (("training", "snr_gamma", None), ("sampling", "scheduler", "flow_euler")):
+            if isinstance(data.get(section, {}), dict):
+                data[section] = {key: value, **data.get(section, {})}
+        return data
+
+    @model_validator(mode="after")
+    def _objective_fits(self) -> "Config":
+        objective = self.noise.objective
+        valid = OBJECTIVE_SCHEDULERS[objective]
+        if self.sampling.scheduler not in valid:
+            others = [o for o, names in OBJECTIVE_SCHEDULERS.items() if self.sampling.scheduler in names]
+            why = f" (it samples noise.objective: {others[0]})" if others else ""
+            raise ValueError(
+                f"sampling.scheduler={self.sampling.scheduler!r} is not a sampler for noise.objective: {objective}{why}; "
+                f"valid: {', '.join(valid)}"
+            )
+        if objective == "flow_matching" and self.training.snr_gamma is not None:
+            raise ValueError(
+                f"training.snr_gamma={self.training.snr_gamma} (Min-SNR weighting) is defined for the diffusion objective, "
+                f"not for noise.objective: flow_matching (its logit-normal timesteps do that job); set training.snr_gamma: null"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pixel_resolution_cap(self) -> "Config":

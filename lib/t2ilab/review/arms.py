@@ -86,7 +86,7 @@ def _arm_changes(arm: str, source: Source, target: int, restart_peak: float | No
         lr = source.current_lr / 2
         if lr <= 0:
             lr = t.learning_rate / 2
-            notes.append(f"the learning rate at the checkpoint is 0 (the schedule has ended): half the peak instead")
+            notes.append("the learning rate at the checkpoint is 0 (the schedule has ended): half the peak instead")
         return ([f"training.learning_rate={lr!r}", f"training.num_epochs={fit}"],
                 f"lr {source.current_lr:.1e} -> {lr:.1e} (half), same shape", notes)
     if arm == "more_epochs":

@@ -37,7 +37,14 @@ def _interval(mean, low, high) -> str:
 
 
 def _plus_minus(mean, std) -> str:
-    return value(mean) if readable.missing(std) else f"{value(mean)} ± {value(std)}"
+    """'4.43 ± 0.12'; a spread below the mean's last shown digit reads '± <0.01', never ± 0.00000000."""
+    if readable.missing(std):
+        return value(mean)
+    shown = value(mean)
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    if abs(float(std)) < 0.5 * 10 ** -decimals:
+        return f"{shown} ± <{10 ** -decimals:.{decimals}f}"
+    return f"{shown} ± {float(std):.{decimals}f}"
 
 
 def standard_table(review: dict) -> Table | Note:

@@ -18,7 +18,7 @@ from t2ilab.datasets import shapes
 from t2ilab.paths import REVIEW_PROMPTS
 from t2ilab.review import judge
 from t2ilab.review.sweep_verdicts import Z, _compare, answer_guide_claims, best_settings  # noqa: F401 (quality's API)
-from t2ilab.sampling.pipeline import T2IPipeline, load_pipeline
+from t2ilab.sampling.pipeline import T2IPipeline, load_pipeline, valid_schedulers
 from t2ilab.training import text
 
 DEFAULT_SWEEP = {"schedulers": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler"), "steps": (10, 20, 50, 100),
@@ -134,8 +134,13 @@ def score_checkpoint(checkpoint, n_per_category: int = 200, scheduler: str = "dp
 def sampler_sweep(checkpoint, schedulers=DEFAULT_SWEEP["schedulers"], steps=DEFAULT_SWEEP["steps"],
                   guidance_scales=DEFAULT_SWEEP["guidance_scales"], n_per_category: int = 8, weights: str = "ema",
                   seed: int = 0, batch_size: int = 64, categories=CATEGORIES) -> pd.DataFrame:
-    """One row per (scheduler, steps, guidance): overall accuracy, 95% CI, per-category accuracy, seconds_per_image."""
+    """One row per (scheduler, steps, guidance): overall accuracy, 95% CI, per-category accuracy, seconds_per_image.
+
+    Samplers the checkpoint's objective cannot use are left out (a flow-matching model sweeps flow_euler only).
+    """
     pipe = as_pipeline(checkpoint, weights)
+    valid = valid_schedulers(pipe.scheduler.config)
+    schedulers = [s for s in schedulers if s in valid] or list(valid)
     specs, seeds = judging_prompts(n_per_category, categories, seed)
     prompts = [shapes.caption_for(s) for s in specs]
     for warm_guidance in (1.0, 2.0):  # warm-up at the real batch shapes: a CPU's first call per shape is slow

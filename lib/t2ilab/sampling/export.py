@@ -63,6 +63,12 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, weights: str =
         cfg = load_config(path / "config.yaml")
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: config.yaml does not load ({exc})") from None
+    if cfg.noise.objective != "diffusion" or cfg.model.coord_channels:
+        what = "noise.objective: flow_matching" if cfg.noise.objective != "diffusion" else "model.coord_channels: true"
+        raise ExportError(
+            f"checkpoint {path} was trained with {what}, which the exported pipelines (pipeline_t2ilab.py, "
+            f"StableDiffusionPipeline) do not sample yet; sample it with t2ilab (t2ilab sample --checkpoint {path})"
+        )
     space = image_space(cfg)
     if space not in LAYOUTS:
         raise ExportError(f"checkpoint {path} is in {space} mode; its export layout is not built yet")

@@ -21,6 +21,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     ImagePipelineOutput,
     UNet2DConditionModel,
@@ -32,8 +33,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
 
+from t2ilab.config import OBJECTIVE_SCHEDULERS
 from t2ilab.training import text
 from t2ilab.training.checkpoint import CheckpointError, read_manifest, resolve_checkpoint
+from t2ilab.training.model import has_coord_channels, with_coord_channels
 from t2ilab.training.representation import space_for
 
 try:  # Guidance rescale, https://arxiv.org/abs/2305.08891 section 3.4
@@ -49,7 +52,9 @@ SCHEDULERS: dict[str, type] = {
     "euler": EulerDiscreteScheduler,
     "euler_ancestral": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
+    "flow_euler": FlowMatchEulerDiscreteScheduler,  # flow matching only (noise.objective: flow_matching)
 }
+assert set(SCHEDULERS) == {n for names in OBJECTIVE_SCHEDULERS.values() for n in names}, "config.OBJECTIVE_SCHEDULERS"
 SCHEDULER_OVERRIDES = {"dpmsolver++": {"algorithm_type": "dpmsolver++"}}  # on top of the training config
 # The keys that describe the trained forward process; everything else is a sampler's own setting, so switching
 # samplers gives the same result whichever sampler's config we start from.
@@ -64,10 +69,31 @@ class CheckpointWarning(UserWarning):
     """A checkpoint loads, but not as asked (e.g. no EMA weights)."""
 
 
+def objective_of(scheduler_config) -> str:
+    """The training objective a scheduler config belongs to: "flow_matching" for FlowMatchEulerDiscreteScheduler's."""
+    # Every diffusion sampler's config carries the trained betas; the flow-matching one has none (and a fresh
+    # scheduler's config has no _class_name, so that key alone cannot tell).
+    flow = scheduler_config.get("_class_name") == FlowMatchEulerDiscreteScheduler.__name__ or "beta_schedule" not in scheduler_config
+    return "flow_matching" if flow else "diffusion"
+
+
+def valid_schedulers(scheduler_config) -> tuple[str, ...]:
+    """The sampler names valid for the objective a scheduler config was trained with."""
+    return OBJECTIVE_SCHEDULERS[objective_of(scheduler_config)]
+
+
 def make_scheduler(name: str, training_scheduler_config) -> object:
     """A sampler built from the training scheduler's config, so prediction_type and betas match training."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
+    objective, valid = objective_of(training_scheduler_config), valid_schedulers(training_scheduler_config)
+    if name not in valid:
+        raise ValueError(
+            f"scheduler {name!r} cannot sample a model trained with noise.objective: {objective}; "
+            f"valid for it: {', '.join(valid)}"
+        )
+    if objective == "flow_matching":
+        return FlowMatchEulerDiscreteScheduler.from_config(training_scheduler_config)
     config = {k: v for k, v in dict(training_scheduler_config).items() if k in TRAINING_KEYS}
     return SCHEDULERS[name].from_config(config, **SCHEDULER_OVERRIDES.get(name, {}))
 
@@ -153,16 +179,24 @@ class T2IPipeline(DiffusionPipeline):
 
         # Generators live on the CPU so an image is the same whatever device samples it.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
+        channels, size = self.unet.config.out_channels, self.unet.config.sample_size
+        coords = has_coord_channels(self.unet.config)
         noise = torch.cat([torch.randn((1, channels, size, size), generator=g) for g in generators])
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        noisy_images = noise.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        flow = isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler)
+        if flow:  # an even grid of t from 1 (pure noise) down to 0, as the UNet's timesteps t * 1000
+            self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1].tolist(), device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        noisy_images = noise.to(device=device, dtype=self.unet.dtype) * getattr(self.scheduler, "init_noise_sigma", 1.0)
         # Stochastic samplers (ddpm, euler_ancestral) draw fresh noise each step: from each image's own generator.
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
 
         for timesteps in tqdm(self.scheduler.timesteps, disable=not progress, desc="denoising", leave=False):
             model_input = torch.cat([noisy_images] * 2) if do_guidance else noisy_images
-            model_input = self.scheduler.scale_model_input(model_input, timesteps)
+            if not flow:
+                model_input = self.scheduler.scale_model_input(model_input, timesteps)
+            if coords:
+                model_input = with_coord_channels(model_input)
             model_pred = self.unet(model_input, timesteps, encoder_hidden_states=encoder_hidden_states).sample
             if do_guidance:
                 pred_uncond, pred_cond = model_pred.chunk(2)
@@ -262,14 +296,17 @@ def check_prompt(pipe: T2IPipeline, prompt: str) -> dict:
 def load_pipeline(
     checkpoint: str | Path,
     weights: str = "ema",
-    scheduler: str = "dpmsolver++",
+    scheduler: str | None = None,
     device: str | torch.device | None = None,
     output_dir: str | Path | None = None,
 ) -> T2IPipeline:
-    """A ready pipeline from a checkpoint folder, an output dir, or 'latest' (with output_dir)."""
+    """A ready pipeline from a checkpoint folder, an output dir, or 'latest' (with output_dir).
+
+    scheduler None: dpmsolver++ for a diffusion checkpoint, flow_euler for a flow-matching one (its scheduler/ says which).
+    """
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    if scheduler not in SCHEDULERS:
+    if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; valid names: {', '.join(SCHEDULERS)}")
     path = resolve_checkpoint(checkpoint, output_dir)
     manifest = read_manifest(path)
@@ -286,7 +323,13 @@ def load_pipeline(
         unet = _without_ema_counters(unet)
     text_encoder = _load_part(path, "text_encoder", AutoModel.from_pretrained)
     tokenizer = _load_part(path, "tokenizer", _load_tokenizer)
-    training_scheduler = _load_part(path, "scheduler", DDPMScheduler.from_pretrained)
+    training_scheduler = _load_part(path, "scheduler", _load_training_scheduler)
+    if scheduler is None:
+        scheduler = "flow_euler" if objective_of(training_scheduler.config) == "flow_matching" else "dpmsolver++"
+    try:
+        sampler = make_scheduler(scheduler, training_scheduler.config)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {path}: {exc}") from None
     max_tokens = _trained_max_tokens(path)
     if max_tokens and max_tokens < tokenizer.model_max_length:
         # Training padded prompts to model.max_caption_tokens and the UNet attends to padding too: match it.
@@ -294,7 +337,7 @@ def load_pipeline(
 
     vae = _load_vae(path, manifest.get("vae"))
     pipe = T2IPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
-                       scheduler=make_scheduler(scheduler, training_scheduler.config), vae=vae)
+                       scheduler=sampler, vae=vae)
     pipe.checkpoint_path = str(path)
     pipe.manifest = {k: manifest.get(k) for k in ("epoch", "global_step", "end_of_epoch", "vae")}
     pipe.vocabulary = _read_vocabulary(path)
@@ -352,6 +395,13 @@ def _without_ema_counters(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     clean = UNet2DConditionModel.from_config({k: v for k, v in unet.config.items() if k in accepted})
     clean.load_state_dict(unet.state_dict())
     return clean
+
+
+def _load_training_scheduler(folder: Path):
+    """The checkpoint's training scheduler: DDPMScheduler (diffusion) or FlowMatchEulerDiscreteScheduler (flow matching)."""
+    config = FlowMatchEulerDiscreteScheduler.load_config(folder)  # ConfigMixin.load_config: the JSON, any class
+    cls = FlowMatchEulerDiscreteScheduler if objective_of(config) == "flow_matching" else DDPMScheduler
+    return cls.from_pretrained(folder)
 
 
 def _load_tokenizer(folder: Path):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from t2ilab.config import Config
+from t2ilab.training.losses import draw_timesteps
 
 
 def epoch_order(train_idx: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -28,7 +29,7 @@ def draw_batch(cfg: Config, space, order: np.ndarray, index: int, global_step: i
     t = cfg.training
     idx = torch.as_tensor(order[index * t.batch_size:(index + 1) * t.batch_size])
     gen = step_generator(t.seed, global_step)
-    timesteps = torch.randint(0, cfg.noise.num_train_timesteps, (t.batch_size,), generator=gen)
+    timesteps = draw_timesteps(cfg.noise, t.batch_size, gen)  # integer DDPM steps, or flow matching t * T
     noise = torch.randn(space.noise_shape(t.batch_size), generator=gen)
     if t.offset_noise > 0:
         noise = noise + t.offset_noise * torch.randn((t.batch_size, space.channels, 1, 1), generator=gen)

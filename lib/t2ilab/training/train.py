@@ -40,7 +40,7 @@ from t2ilab.training.checkpoint import (
     write_checkpoint,
 )
 from t2ilab.training.latent_space import check_same_vae
-from t2ilab.training.losses import per_sample_loss
+from t2ilab.training.losses import is_flow_matching, per_sample_loss
 from t2ilab.training.model import build_noise_scheduler, build_unet
 from t2ilab.training.representation import image_space
 from t2ilab.training.resume import ResumePlan, build_lr_scheduler, fresh_segment, plan_resume
@@ -189,7 +189,8 @@ class Trainer:
         all_ids = tokenize(self.tokenizer, self.ds.captions + [""], self.cfg.model.max_caption_tokens)
         self.input_ids, self.attn_mask = all_ids["input_ids"].to(dev), all_ids["attention_mask"].to(dev)
         self.empty_row = len(self.ds.captions)  # the "" caption that caption dropout swaps in
-        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(dev)
+        flow = is_flow_matching(self.noise_scheduler)
+        self.alphas_cumprod = None if flow else self.noise_scheduler.alphas_cumprod.to(dev)
         if self.text_trainable:
             self.unet, self.text_encoder, self.optimizer = acc.prepare(self.unet, self.text_encoder, self.optimizer)
             self.cached_embeddings = None
@@ -234,7 +235,8 @@ class Trainer:
             else:
                 encoder_hidden_states = self.text_encoder(input_ids=self.input_ids[rows], attention_mask=self.attn_mask[rows]).last_hidden_state
         return per_sample_loss(unet, self.noise_scheduler, clean, noise, timesteps, encoder_hidden_states,
-                               self.alphas_cumprod, self.cfg.training.snr_gamma, self.accelerator.autocast)
+                               self.alphas_cumprod, self.cfg.training.snr_gamma, self.accelerator.autocast,
+                               self.cfg.model.coord_channels)
 
     def train_step(self, order: np.ndarray, index: int) -> None:
         """One optimiser step on batch `index` of `order`, over gradient-accumulation micro-batches."""
@@ -293,7 +295,8 @@ class Trainer:
         cfg = self.cfg
         return validation_loss(lambda *batch: self.forward_loss(unet, *batch), self.val_idx, self.space.noise_shape,
                                cfg.training.seed, cfg.training.val_batches, cfg.noise.num_train_timesteps,
-                               cfg.training.loss_bins, self.micro, self.accelerator.device)
+                               cfg.training.loss_bins, self.micro, self.accelerator.device,
+                               continuous=cfg.noise.objective == "flow_matching")
 
     def _end_of_epoch(self, epoch_seconds: float) -> dict:
         unet = self.accelerator.unwrap_model(self.unet)

@@ -1,0 +1,148 @@
+"""Recipe levers against the demo recipe at fixed optimiser-step marks (bench/time_to_quality.py --levers).
+
+Progress is measured in steps, not seconds: every arm trains the same epochs on the same data with the same seed,
+one at a time, and is judged at the same epochs on the same prompts and seeds. Seconds per step are recorded
+separately, with the load average, because the CPU is shared.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
+from t2ilab.config import load_config
+from t2ilab.intervals import change_word, difference_interval
+from t2ilab.review.quality import score_checkpoint
+from t2ilab.training.checkpoint import list_checkpoints
+from t2ilab.training.train import train
+
+FLOW = ["noise.objective=flow_matching", "training.snr_gamma=null", "sampling.scheduler=flow_euler"]
+COORDS = ["model.coord_channels=true"]
+ARMS = {"demo": [], "flow_matching": FLOW, "coord_channels": COORDS, "flow+coords": FLOW + COORDS}
+SKILLS = ("color", "shape", "count", "position")
+SECTION = "time_to_quality_levers"
+
+
+def train_and_judge(name: str, config: str, overrides: list[str], root: Path, epochs: int, every: int, judge_n: int,
+                    base: list[str]) -> list[dict]:
+    """Train one arm from scratch and judge each checkpoint: one record per mark (step, seconds, hits per measure)."""
+    cfg = load_config(config, base + overrides + [
+        f"output_dir={root / name}", f"training.num_epochs={epochs}", f"training.checkpoint_every_n_epochs={every}",
+        "reports.on_milestone=false", "reports.milestones=[]", "reports.every_n_epochs=null"])
+    print(f"\n[{name}] {epochs} epochs: {' '.join(overrides) or 'configs/demo.yaml as written'} (load {load_average():.2f})",
+          flush=True)
+    train(cfg, progress="none")
+    seconds = epoch_seconds(Path(cfg.output_dir))
+    marks = []
+    for path, manifest in list_checkpoints(cfg.output_dir):
+        epoch, step = manifest["epoch"], manifest["global_step"]
+        scores = score_checkpoint(path, n_per_category=judge_n, scheduler=cfg.sampling.scheduler,
+                                  steps=cfg.sampling.num_inference_steps, guidance=cfg.sampling.guidance_scale,
+                                  weights="ema" if cfg.training.use_ema else "raw", ceiling_n=judge_n)
+        by_category = scores.set_index("category")
+        # With the same n in every category the overall (mean over categories) is the pooled share of strict hits.
+        cats = by_category.drop(index="overall")
+        measures = {"overall": (int(round((cats["accuracy"] * cats["n"]).sum())), int(cats["n"].sum()))}
+        for row in scores.attrs["skills"]:
+            measures[row["skill"]] = (int(round(row["accuracy"] * row["n"])), int(row["n"]))
+        train_s = sum(s for e, s in seconds.items() if e <= epoch)
+        marks.append({"arm": name, "epoch": epoch, "step": step, "train_s": train_s, "s_per_step": train_s / step,
+                      "overall_ci": (float(by_category.loc["overall", "ci_low"]), float(by_category.loc["overall", "ci_high"])),
+                      "measures": measures})
+        print(f"[{name}] step {step}: strict overall {measures['overall'][0] / measures['overall'][1]:.3f}; "
+              + ", ".join(f"{k} {h / n:.2f}" for k, (h, n) in measures.items() if k in SKILLS)
+              + f" ({train_s / step:.3f} s/step, load {load_average():.2f})", flush=True)
+    return marks
+
+
+def _share(hits_n: tuple[int, int]) -> str:
+    from t2ilab.intervals import wilson_interval
+
+    hits, n = hits_n
+    low, high = wilson_interval(hits, n)
+    return f"{hits / n:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def _verdict(arm: tuple[int, int], demo: tuple[int, int]) -> str:
+    d, low, high = difference_interval(arm[0], arm[1], demo[0], demo[1])
+    return f"{d:+.3f} [{low:+.2f}, {high:+.2f}] {change_word(low, high, 'better', 'worse', 'same')}"
+
+
+def lever_table(results: dict[str, list[dict]]) -> str:
+    """Strict overall and skills (Wilson 95 %) per arm and mark; Newcombe's difference vs demo at the same step."""
+    demo = {m["step"]: m for m in results.get("demo", [])}
+    headers = ["arm", "step", "s/step", "strict overall", *SKILLS, "overall vs demo (Newcombe)"]
+    rows = []
+    for arm, marks in results.items():
+        for m in marks:
+            ref = demo.get(m["step"])
+            verdict = "" if arm == "demo" or ref is None else _verdict(m["measures"]["overall"], ref["measures"]["overall"])
+            rows.append([arm, m["step"], f"{m['s_per_step']:.3f}", _share(m["measures"]["overall"]),
+                         *(_share(m["measures"][s]) if s in m["measures"] else "" for s in SKILLS), verdict])
+    return format_table(headers, rows)
+
+
+def skill_verdicts(results: dict[str, list[dict]]) -> list[str]:
+    """One line per non-demo arm at its last mark: each skill's Newcombe difference vs demo."""
+    demo = {m["step"]: m for m in results.get("demo", [])}
+    lines = []
+    for arm, marks in results.items():
+        if arm == "demo" or not marks or marks[-1]["step"] not in demo:
+            continue
+        m, ref = marks[-1], demo[marks[-1]["step"]]
+        cells = [f"{s} {_verdict(m['measures'][s], ref['measures'][s])}" for s in SKILLS
+                 if s in m["measures"] and s in ref["measures"]]
+        lines.append(f"{arm} vs demo at step {m['step']}: " + "; ".join(cells))
+    return lines
+
+
+def write_section(text: str) -> None:
+    """Replace (or append) the ## time_to_quality_levers section of bench/RESULTS.md."""
+    path = REPO_ROOT / "bench" / "RESULTS.md"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    head = f"\n## {SECTION}\n"
+    if head in old:
+        before, rest = old.split(head, 1)
+        after = rest.split("\n## ", 1)
+        old = before + ("\n## " + after[1] if len(after) > 1 else "\n")
+    path.write_text(old.rstrip("\n") + "\n" + head + "\n" + text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def run_levers(args) -> int:
+    """The lever study: train and judge each arm, print the table, optionally write it into RESULTS.md."""
+    os.chdir(REPO_ROOT)
+    torch.set_num_threads(args.threads)
+    names = args.arms.split(",") if args.arms else list(ARMS)
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; valid: {', '.join(ARMS)}")
+    if "demo" in names:
+        names = ["demo"] + [n for n in names if n != "demo"]
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "bench/time_to_quality.py " + " ".join(sys.argv[1:])
+    print(f"levers: {', '.join(names)}; demo.yaml {args.epochs} epochs, judged every {args.every} on {args.judge} "
+          f"prompts/category; load before {wait_for_quiet(args.max_load):.2f}", flush=True)
+    results, loads, t0 = {}, [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="t2ilab-levers-") as tmp:
+        for name in names:
+            loads.append(load_average())
+            results[name] = train_and_judge(name, args.config, ARMS[name], Path(tmp), args.epochs, args.every, args.judge, args.overrides)
+            loads.append(load_average())
+            # After every arm, so a study cut short still leaves the arms it finished.
+            done = "" if len(results) == len(names) else f"; arms not run yet: {', '.join(n for n in names if n not in results)}"
+            where = (f"{args.judge} prompts/category (x6 categories), {args.threads} threads{omp_note()}, cpu; load average "
+                     f"{min(loads):.2f}-{max(loads):.2f} during the study (the CPU is shared: s/step is wall clock under "
+                     f"contention){done}")
+            text = "\n".join([f"`.venv/bin/python {command}` ({time.perf_counter() - t0:.0f} s, started {started})", "",
+                              "```", lever_table(results), "", *skill_verdicts(results), where, "```"])
+            print("\n" + text, flush=True)
+            if args.write_results:
+                write_section(text)
+                print(f"wrote the {SECTION} section of bench/RESULTS.md", flush=True)
+    return 0
