@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from t2ilab import readable
-from t2ilab.review.metric_tables import value
+from t2ilab.review.metric_tables import plus_minus, value
 
 METRICS_PLOT = "metrics_vs_epoch.png"
 # key -> (index column, plot title); each summary value is {"value", "low", "high", "n"} or {"note"}
@@ -57,7 +57,7 @@ def cell(summary: dict | None) -> str:
     if "note" in summary:
         return summary["note"]
     if "std" in summary:
-        text = f"{value(summary['value'])} ± {value(summary['std'])}"
+        text = plus_minus(summary["value"], summary["std"])
     elif readable.missing(summary.get("low")) or readable.missing(summary.get("high")):
         text = value(summary["value"])
     else:

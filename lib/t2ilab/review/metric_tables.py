@@ -36,7 +36,7 @@ def _interval(mean, low, high) -> str:
     return text if readable.missing(low) or readable.missing(high) else f"{text} [{value(low)}, {value(high)}]"
 
 
-def _plus_minus(mean, std) -> str:
+def plus_minus(mean, std) -> str:
     """'4.43 ± 0.12'; a spread below the mean's last shown digit reads '± <0.01', never ± 0.00000000."""
     if readable.missing(std):
         return value(mean)
@@ -74,7 +74,7 @@ def standard_table(review: dict) -> Table | Note:
         rows.append({"metric": f"FID ({what}, {part['feature_dim']} features)",
                      "value [95% CI]": _interval(fid["value"], fid["ci_low"], fid["ci_high"]), "images": images,
                      "what it says": MEANING["fid"] + f" (interval: {fid['bootstrap']} bootstrap resamples)"})
-        rows.append({"metric": f"KID ({what})", "value [95% CI]": f"{_plus_minus(kid['mean'], kid['std'])} (± std)",
+        rows.append({"metric": f"KID ({what})", "value [95% CI]": f"{plus_minus(kid['mean'], kid['std'])} (± std)",
                      "images": images, "what it says": MEANING["kid"] + f" (std over {kid['subsets']} subsets of {kid['subset_size']})"})
     return table_or_note(rows, "")
 
@@ -93,7 +93,7 @@ def distance_table(review: dict) -> Table | Note:
             continue
         kid = part.get("kid") or {}
         rows.append({"comparison": label,
-                     "KID ± std": _plus_minus(kid.get("mean"), kid.get("std")) if kid else part.get("kid_note") or DASH,
+                     "KID ± std": plus_minus(kid.get("mean"), kid.get("std")) if kid else part.get("kid_note") or DASH,
                      "FD": value(part.get("fd")) if part.get("fd") is not None else part.get("fd_note") or DASH,
                      "images (each side)": n})
     return table_or_note(rows, "No in-domain distances in this review.")
