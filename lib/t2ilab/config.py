@@ -31,7 +31,7 @@ class _Section(BaseModel):
 SEED_MAX = 2**32 - 1  # seeds feed numpy and torch generators (seed * 1_000_003 + step must stay below 2**64)
 PIXEL_MAX_RESOLUTION = 128  # data.resolution in pixel space; latent space (model.vae) goes to 512
 CATEGORIES = ("single_object", "two_objects", "counting", "colors", "position", "color_attr")
-# Sampler names valid for each noise.objective (t2ilab.sampling.pipeline.SCHEDULERS holds their classes).
+# Sampler names valid for each noise.objective (t2ilab.sampling.schedulers.SCHEDULERS holds their classes).
 OBJECTIVE_SCHEDULERS = {
     "diffusion": ("ddpm", "ddim", "dpmsolver++", "unipc", "euler", "euler_ancestral", "heun"),
     "flow_matching": ("flow_euler",),

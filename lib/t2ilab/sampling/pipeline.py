@@ -14,26 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    ImagePipelineOutput,
-    UNet2DConditionModel,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDPMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging as transformers_logging
 
-from t2ilab.config import OBJECTIVE_SCHEDULERS
+from t2ilab.sampling.schedulers import (  # noqa: F401  (re-exported: the sampler names live there)
+    SCHEDULER_OVERRIDES,
+    SCHEDULERS,
+    TRAINING_KEYS,
+    make_scheduler,
+    objective_of,
+    valid_schedulers,
+)
 from t2ilab.training import text
 from t2ilab.training.checkpoint import CheckpointError, read_manifest, resolve_checkpoint
 from t2ilab.training.model import has_coord_channels, with_coord_channels
@@ -44,58 +39,11 @@ try:  # Guidance rescale, https://arxiv.org/abs/2305.08891 section 3.4
 except ImportError:  # older diffusers keep it only in the Stable Diffusion pipeline module
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-SCHEDULERS: dict[str, type] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpmsolver++": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler_ancestral": EulerAncestralDiscreteScheduler,
-    "heun": HeunDiscreteScheduler,
-    "flow_euler": FlowMatchEulerDiscreteScheduler,  # flow matching only (noise.objective: flow_matching)
-}
-assert set(SCHEDULERS) == {n for names in OBJECTIVE_SCHEDULERS.values() for n in names}, "config.OBJECTIVE_SCHEDULERS"
-SCHEDULER_OVERRIDES = {"dpmsolver++": {"algorithm_type": "dpmsolver++"}}  # on top of the training config
-# The keys that describe the trained forward process; everything else is a sampler's own setting, so switching
-# samplers gives the same result whichever sampler's config we start from.
-TRAINING_KEYS = (
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
-    "rescale_betas_zero_snr", "timestep_spacing", "steps_offset", "clip_sample", "clip_sample_range",
-)
 METADATA_FILE = "t2ilab.json"  # vocabulary and provenance, next to model_index.json after save_pretrained
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint loads, but not as asked (e.g. no EMA weights)."""
-
-
-def objective_of(scheduler_config) -> str:
-    """The training objective a scheduler config belongs to: "flow_matching" for FlowMatchEulerDiscreteScheduler's."""
-    # Every diffusion sampler's config carries the trained betas; the flow-matching one has none (and a fresh
-    # scheduler's config has no _class_name, so that key alone cannot tell).
-    flow = scheduler_config.get("_class_name") == FlowMatchEulerDiscreteScheduler.__name__ or "beta_schedule" not in scheduler_config
-    return "flow_matching" if flow else "diffusion"
-
-
-def valid_schedulers(scheduler_config) -> tuple[str, ...]:
-    """The sampler names valid for the objective a scheduler config was trained with."""
-    return OBJECTIVE_SCHEDULERS[objective_of(scheduler_config)]
-
-
-def make_scheduler(name: str, training_scheduler_config) -> object:
-    """A sampler built from the training scheduler's config, so prediction_type and betas match training."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULERS)}")
-    objective, valid = objective_of(training_scheduler_config), valid_schedulers(training_scheduler_config)
-    if name not in valid:
-        raise ValueError(
-            f"scheduler {name!r} cannot sample a model trained with noise.objective: {objective}; "
-            f"valid for it: {', '.join(valid)}"
-        )
-    if objective == "flow_matching":
-        return FlowMatchEulerDiscreteScheduler.from_config(training_scheduler_config)
-    config = {k: v for k, v in dict(training_scheduler_config).items() if k in TRAINING_KEYS}
-    return SCHEDULERS[name].from_config(config, **SCHEDULER_OVERRIDES.get(name, {}))
 
 
 def clean_prompt(prompt: str) -> tuple[str, int]:
