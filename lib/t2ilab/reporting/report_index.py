@@ -5,12 +5,12 @@ scores, the best sampler and links to its reports; the measured version of the o
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 from t2ilab import readable
 from t2ilab.config import CATEGORIES
-from t2ilab.reporting.report_notebook import epoch_folder, read_json, write_text
+from t2ilab.files import read_json, write_atomically, write_text
+from t2ilab.reporting.report_notebook import epoch_folder
 from t2ilab.review import metric_curves, skill_report
 from t2ilab.review.judge import SKILLS
 from t2ilab.training.checkpoint import read_manifest
@@ -254,9 +254,7 @@ def plot_quality_vs_epoch(rows: list[dict], path: Path) -> Path | None:
     loss_ax.set(title="validation loss", xlabel="epoch", ylabel="")
     for ax in (skills_ax, overall_ax, loss_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not 2.25
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 

@@ -4,16 +4,16 @@ features for KID and Fréchet distance; plus a nearest-neighbour memorization ch
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from t2ilab.files import write_atomically
 from t2ilab.intervals import wilson_interval
 
 ENCODER_VERSION = 1  # bump when the architecture or training recipe changes: cached encoders are then retrained
@@ -124,9 +124,8 @@ def load_or_train_encoder(dataset, cache_dir: str | Path | None = None, steps: i
         encoder = train_feature_encoder(dataset.images[dataset.train_idx], steps=steps, seed=seed)
         # Written only into an existing data-cache folder: creating one would look like a damaged data cache.
         if path is not None and path.parent.is_dir():
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)
+            weights = save({k: v.contiguous() for k, v in encoder.state_dict().items()})
+            write_atomically(path, lambda f: f.write(weights))
     encoder.eval()
     _ENCODERS[key] = encoder
     return encoder
