@@ -48,3 +48,22 @@ def make_tiny_checkpoint(root: Path, epoch: int = 2, ema: bool = True, seed: int
                   **({"vae": space.identity} if space.identity else {})},
         modules=[unet, text_encoder],
     )
+
+
+# The head of a `python -c` script run where `import t2ilab` fails (export tests: plain diffusers only).
+WITHOUT_T2ILAB = r"""
+import importlib.abc, json, sys
+
+class NoT2ilab(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "t2ilab" or name.startswith("t2ilab."):
+            raise ImportError("t2ilab is not importable in this test process")
+        return None
+
+sys.meta_path.insert(0, NoT2ilab())
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+torch.set_num_threads(1)
+"""

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_checkpoint
+from helpers import WITHOUT_T2ILAB, make_tiny_checkpoint
 from safetensors.torch import load_file
 from t2ilab.sampling import export
 from t2ilab.sampling.export import export_checkpoint
@@ -18,21 +18,7 @@ from t2ilab.sampling.pipeline import load_pipeline
 
 # Sampled in a process where `import t2ilab` fails: the documented route, nothing else. One process for every job
 # (job: export folder, call kwargs, .npy to write); a torch.Generator is built from a "generator_seed" key.
-LOAD_WITHOUT_T2ILAB = r"""
-import importlib.abc, json, sys
-
-class NoT2ilab(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "t2ilab" or name.startswith("t2ilab."):
-            raise ImportError("t2ilab is not importable in this test process")
-        return None
-
-sys.meta_path.insert(0, NoT2ilab())
-import numpy as np
-import torch
-from diffusers import DiffusionPipeline
-
-torch.set_num_threads(1)
+LOAD_WITHOUT_T2ILAB = WITHOUT_T2ILAB + r"""
 for folder, kwargs, out in json.loads(sys.argv[1]):
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)

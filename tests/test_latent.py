@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from helpers import make_tiny_checkpoint
+from helpers import WITHOUT_T2ILAB, make_tiny_checkpoint
 from safetensors.torch import load_file
 from t2ilab.config import ConfigError, load_config
 from t2ilab.datasets.data import load_dataset, to_model_range
@@ -166,21 +166,7 @@ def test_latent_mode_allows_512_px_and_pixel_mode_stops_at_128():
 
 
 # Sampled where `import t2ilab` fails (as in test_export.py); one CPU generator per image, as t2ilab seeds them.
-LOAD_WITHOUT_T2ILAB = r"""
-import importlib.abc, json, sys
-
-class NoT2ilab(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "t2ilab" or name.startswith("t2ilab."):
-            raise ImportError("t2ilab is not importable in this test process")
-        return None
-
-sys.meta_path.insert(0, NoT2ilab())
-import numpy as np
-import torch
-from diffusers import DiffusionPipeline
-
-torch.set_num_threads(1)
+LOAD_WITHOUT_T2ILAB = WITHOUT_T2ILAB + r"""
 for folder, kwargs, seeds, out in json.loads(sys.argv[1]):
     pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from t2ilab import __version__
 from t2ilab.config import Config, load_config
 from t2ilab.datasets.data import dataset_ids, load_dataset, split_change
+from t2ilab.training import validation
 from t2ilab.training.background import BackgroundReports
 from t2ilab.training.batches import draw_batch, epoch_order, step_generator  # noqa: F401  (re-exported)
 from t2ilab.training.checkpoint import (
@@ -288,15 +289,13 @@ class Trainer:
 
     def validation_loss(self, unet) -> tuple[float, list[float | None]]:
         """Validation objective (weighted like training) and plain MSE per timestep bin (validation.py)."""
-        from t2ilab.training.validation import validation_loss
-
         unet.eval()
         self.text_encoder.eval()
         cfg = self.cfg
-        return validation_loss(lambda *batch: self.forward_loss(unet, *batch), self.val_idx, self.space.noise_shape,
-                               cfg.training.seed, cfg.training.val_batches, cfg.noise.num_train_timesteps,
-                               cfg.training.loss_bins, self.micro, self.accelerator.device,
-                               continuous=cfg.noise.objective == "flow_matching")
+        return validation.validation_loss(lambda *batch: self.forward_loss(unet, *batch), self.val_idx, self.space.noise_shape,
+                                          cfg.training.seed, cfg.training.val_batches, cfg.noise.num_train_timesteps,
+                                          cfg.training.loss_bins, self.micro, self.accelerator.device,
+                                          continuous=cfg.noise.objective == "flow_matching")
 
     def _end_of_epoch(self, epoch_seconds: float) -> dict:
         unet = self.accelerator.unwrap_model(self.unet)
