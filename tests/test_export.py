@@ -165,7 +165,7 @@ def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch, capsys):
         (folder / "unet").mkdir(parents=True)
         raise OSError("No space left on device")
 
-    monkeypatch.setitem(export.LAYOUTS, "pixel", fail)
+    monkeypatch.setitem(export.LAYOUTS, "pixels", fail)
     assert export.main([str(run["ckpt"]), str(tmp_path / "out")]) == 1
     assert "No space left on device; nothing was left behind" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ from t2ilab.paths import caller_path
 from t2ilab.sampling.export_pipeline import pipeline_t2ilab
 from t2ilab.sampling.pipeline import METADATA_FILE, load_pipeline
 from t2ilab.training.checkpoint import CheckpointError, quiet_hub_progress, resolve_checkpoint
+from t2ilab.training.representation import space_name
 
 PIPELINE_FILE = Path(pipeline_t2ilab.__file__)  # a module of a subpackage, so every wheel carries it
 PIPELINE_CLASS = [PIPELINE_FILE.stem, pipeline_t2ilab.T2ILabPipeline.__name__]  # model_index.json _class_name
@@ -29,11 +30,6 @@ LOADING_LATENT = ("DiffusionPipeline.from_pretrained({path!r}) (a StableDiffusio
 
 class ExportError(ValueError):
     """The export cannot be written as asked; the message says why and what to do."""
-
-
-def image_space(cfg) -> str:
-    """"pixel", or "latent" when the config names a VAE (model.vae)."""
-    return "latent" if getattr(cfg.model, "vae", None) else "pixel"
 
 
 def check_output(output: Path) -> None:
@@ -69,9 +65,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, weights: str =
             f"checkpoint {path} was trained with {what}, which the exported pipelines (pipeline_t2ilab.py, "
             f"StableDiffusionPipeline) do not sample yet; sample it with t2ilab (t2ilab sample --checkpoint {path})"
         )
-    space = image_space(cfg)
-    if space not in LAYOUTS:
-        raise ExportError(f"checkpoint {path} is in {space} mode; its export layout is not built yet")
+    space = space_name(cfg)
 
     # Written next to OUTPUT and renamed into place when complete: an interrupted export leaves no half folder.
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +102,7 @@ def write_pixel_layout(path: Path, cfg, weights: str, folder: Path) -> None:
     # The keys T2IPipeline.save_pretrained writes, and how this folder was made.
     meta = {
         "vocabulary": source.vocabulary, "checkpoint_path": str(path), "manifest": source.manifest,
-        "weights": source.weights, "image_space": "pixel", "scheduler": cfg.sampling.scheduler,
+        "weights": source.weights, "image_space": "pixels", "scheduler": cfg.sampling.scheduler,
         "load_with": loading(cfg, "<this folder>"),
     }
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -137,7 +131,7 @@ def write_latent_layout(path: Path, cfg, weights: str, folder: Path) -> None:
     pipe.save_pretrained(folder)
     meta = {
         "vocabulary": source.vocabulary, "checkpoint_path": str(path), "manifest": source.manifest,
-        "weights": source.weights, "image_space": "latent", "scheduler": cfg.sampling.scheduler,
+        "weights": source.weights, "image_space": "latents", "scheduler": cfg.sampling.scheduler,
         "num_inference_steps": cfg.sampling.num_inference_steps, "guidance_scale": cfg.sampling.guidance_scale,
         "load_with": loading(cfg, "<this folder>"),
     }
@@ -146,13 +140,13 @@ def write_latent_layout(path: Path, cfg, weights: str, folder: Path) -> None:
 
 def loading(cfg, path: str) -> str:
     """How diffusers loads an export of this run."""
-    if image_space(cfg) == "latent":
+    if space_name(cfg) == "latents":
         return LOADING_LATENT.format(path=path, steps=cfg.sampling.num_inference_steps, guidance=cfg.sampling.guidance_scale)
     return LOADING.format(path=path)
 
 
 # image space -> writer(checkpoint, cfg, weights, folder).
-LAYOUTS = {"pixel": write_pixel_layout, "latent": write_latent_layout}
+LAYOUTS = {"pixels": write_pixel_layout, "latents": write_latent_layout}
 
 
 class _Parser(argparse.ArgumentParser):

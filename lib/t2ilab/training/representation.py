@@ -46,9 +46,14 @@ class PixelSpace:
         return self.encode(stored)
 
 
+def space_name(cfg) -> str:
+    """"pixels" or "latents" (model.vae set): which representation a config asks for, without loading a VAE."""
+    return "latents" if cfg.model.vae else PixelSpace.name
+
+
 def image_space(cfg):
     """The representation a run's config asks for: pixels, or the latents of model.vae."""
-    if not cfg.model.vae:
+    if space_name(cfg) == PixelSpace.name:
         return PixelSpace(cfg.data.resolution)
     from t2ilab.training.latent_space import LatentSpace, load_vae, vae_location
 
