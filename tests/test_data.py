@@ -342,12 +342,14 @@ def test_preview_grid_size_and_upscaled_first_image(tmp_path):
 
 
 def test_wrap_keeps_captions_inside_the_cell():
-    from PIL import ImageFont
+    from t2ilab import image_grids
 
-    font = ImageFont.load_default()
-    lines = data._wrap("a very long caption " * 10 + "supercalifragilisticexpialidociousword", font, 96)
+    lines = image_grids.wrap("a very long caption " * 10 + "supercalifragilisticexpialidociousword", 96, data.CAPTION_LINES)
     assert len(lines) == data.CAPTION_LINES and lines[-1].endswith("...")
-    assert all(font.getlength(line) <= 96 for line in lines)
+    assert all(image_grids.FONT.getlength(line) <= 96 for line in lines)
+    assert image_grids.wrap("a red circle", 96) == ["a red circle"]  # short captions are left alone
+    long_word = image_grids.wrap("supercalifragilisticexpialidociousword", 40)
+    assert len(long_word) == 1 and long_word[0].endswith("...") and image_grids.FONT.getlength(long_word[0]) <= 40
 
 
 def test_preview_command_writes_png_and_reports(tmp_path, capsys, render_calls):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from t2ilab import image_grids
 from t2ilab.config import ConfigError, DataConfig, load_config
 from t2ilab.datasets import folder
 from t2ilab.datasets.data_errors import DataError, DataWarning
@@ -255,55 +255,17 @@ def _write_cache(cache: Path, fingerprint: str, content: tuple[torch.Tensor, dic
 
 CAPTION_LINES = 3  # caption lines under each image; longer captions end in "..."
 MIN_CELL_WIDTH = 96  # small images are centered in a wider cell so captions stay readable
-GUTTER = 4  # pixels between cells
+GUTTER = image_grids.GUTTER
 
 
 def preview_grid(ds: ImageCaptionSet, n: int = 32, cols: int = 8, scale: int = 3) -> Image.Image:
     """The first n images upscaled `scale`x (NEAREST), each with its caption underneath, `cols` per row."""
     count = min(n, len(ds))
-    cols = max(1, min(cols, count))
-    rows = math.ceil(count / cols)
     side = ds.images.shape[-1] * scale
-    cell_w = max(side, MIN_CELL_WIDTH)
-    font = ImageFont.load_default()
-    left, top, right, bottom = font.getbbox("Ag")
-    line_h = bottom - top + 2
-    cell_h = side + 2 + CAPTION_LINES * line_h
-    grid = Image.new("RGB", (cols * (cell_w + GUTTER), rows * (cell_h + GUTTER)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i in range(count):
-        x = (i % cols) * (cell_w + GUTTER)
-        y = (i // cols) * (cell_h + GUTTER)
-        tile = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).resize((side, side), Image.Resampling.NEAREST)
-        grid.paste(tile, (x + (cell_w - side) // 2, y))
-        for k, line in enumerate(_wrap(ds.captions[i], font, cell_w)):
-            draw.text((x, y + side + 2 + k * line_h), line, fill="black", font=font)
-    return grid
-
-
-def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
-    """Greedy word wrap to `width` pixels, at most CAPTION_LINES lines, the last one cut with '...'."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split():
-        candidate = f"{line} {word}".strip()
-        if font.getlength(candidate) <= width or not line:
-            line = candidate
-        else:
-            lines.append(line)
-            line = word
-    lines.append(line)
-    shown = lines[:CAPTION_LINES]
-    truncated = len(lines) > CAPTION_LINES
-    return [_fit(l, font, width, cut=truncated and k == len(shown) - 1) for k, l in enumerate(shown)]
-
-
-def _fit(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int, cut: bool) -> str:
-    if not cut and font.getlength(line) <= width:
-        return line
-    while line and font.getlength(line + "...") > width:
-        line = line[:-1]
-    return line + "..."
+    width = max(side, MIN_CELL_WIDTH)
+    captions = [image_grids.wrap(ds.captions[i], width - 2, CAPTION_LINES) for i in range(count)]
+    return image_grids.captioned_grid([ds.images[i] for i in range(count)], captions, cols, side,
+                                      min_cell_width=MIN_CELL_WIDTH, label_lines=CAPTION_LINES)
 
 
 def main(argv: list[str]) -> int:

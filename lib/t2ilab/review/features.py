@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save
 from torch import nn
 
+from t2ilab import image_grids
 from t2ilab.files import write_atomically
 from t2ilab.intervals import wilson_interval
 
@@ -261,7 +262,7 @@ def memorization_figure(generated: np.ndarray, train_images: np.ndarray, heldout
     side = generated.shape[1]
     scale = scale or max(1, 64 // side)
     cell, gap = side * scale, 4
-    font = ImageFont.load_default()
+    font = image_grids.FONT
     text_w = 200
     rows = result["closest"]
     header = 14
@@ -273,7 +274,7 @@ def memorization_figure(generated: np.ndarray, train_images: np.ndarray, heldout
         y = header + r * (cell + gap)
         tiles = (generated[pair["generated"]], train_images[pair["train_index"]], heldout_images[pair["heldout_index"]])
         for col, tile in enumerate(tiles):
-            canvas.paste(Image.fromarray(tile).resize((cell, cell), Image.Resampling.NEAREST), (col * (cell + gap), y))
+            canvas.paste(image_grids.tile(tile, cell), (col * (cell + gap), y))
         flag = "  FLAGGED" if pair["ratio"] < result["threshold"] else ""
         lines = [f"ratio {pair['ratio']:.3f}{flag}", f"d_train {pair['distance_train']:.4f}",
                  f"d_held-out {pair['distance_heldout']:.4f}"]

@@ -8,8 +8,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from t2ilab import image_grids
 from t2ilab.config import load_config
 from t2ilab.datasets.data import DataWarning, ImageCaptionSet, load_dataset
 from t2ilab.paths import REVIEW_PROMPTS
@@ -67,7 +68,7 @@ def heldout_grid(checkpoint, dataset: ImageCaptionSet, rows: list[dict], seeds=(
     layout = quality.grid_layout(len(rows), len(seeds), 1, dataset.images.shape[-1])
     cell, header, gap = layout["cell"], layout["header"], quality.BLOCK_GAP
     column = Image.new("RGB", (cell + gap, grid.height), "white")
-    draw, font = ImageDraw.Draw(column), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(column), image_grids.FONT
     draw.text((0, 2), "real", fill="black", font=font)
     draw.text((0, 16), "held-out", fill="gray", font=font)
     for p, row in enumerate(rows):
@@ -75,8 +76,7 @@ def heldout_grid(checkpoint, dataset: ImageCaptionSet, rows: list[dict], seeds=(
         if row["real_index"] is None:
             draw.text((4, y + cell // 2 - 6), "none", fill="gray", font=font)  # your prompt: no real image
             continue
-        real = dataset.images[row["real_index"]].permute(1, 2, 0).numpy()
-        column.paste(Image.fromarray(real).resize((cell, cell), Image.Resampling.NEAREST), (0, y))
+        column.paste(image_grids.tile(dataset.images[row["real_index"]], cell), (0, y))
     canvas = Image.new("RGB", (grid.width + column.width, grid.height), "white")
     canvas.paste(grid.crop((0, 0, quality.LABEL_WIDTH, grid.height)), (0, 0))
     canvas.paste(column, (quality.LABEL_WIDTH, 0))

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from t2ilab import image_grids
 from t2ilab.config import CATEGORIES, ConfigError, read_yaml
 from t2ilab.datasets import shapes
+from t2ilab.image_grids import side_by_side  # noqa: F401 (quality's API: review grids this milestone vs the last)
 from t2ilab.paths import REVIEW_PROMPTS
 from t2ilab.review import judge
 from t2ilab.review.sweep_verdicts import Z, _compare, answer_guide_claims, best_settings  # noqa: F401 (quality's API)
@@ -205,19 +207,7 @@ def prompt_comparison(checkpoint, pairs: list[dict], seeds=(0, 1, 2, 3), schedul
 
 
 GRID_CELL = 96  # target pixels per image side in grids (NEAREST upscale by an integer factor)
-GUTTER, BLOCK_GAP, LABEL_WIDTH = 4, 16, 170  # pixels between images, between EMA and raw blocks, for prompt labels
-
-
-def _wrap(words: str, width: int, font) -> list[str]:
-    lines, line = [], ""
-    for word in words.split():
-        trial = f"{line} {word}".strip()
-        if font.getlength(trial) > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = trial
-    return lines + [line]
+GUTTER, BLOCK_GAP, LABEL_WIDTH = image_grids.GUTTER, image_grids.BLOCK_GAP, 170  # between images, blocks; prompt labels
 
 
 def grid_layout(n_prompts: int, n_seeds: int, n_blocks: int, resolution: int) -> dict:
@@ -242,7 +232,7 @@ def review_grid(checkpoint, prompts: list[str], seeds=(0, 1, 2, 3), scheduler: s
             blocks.append((pipe.weights, generate_images(pipe, [p for p in prompts for _ in seeds], seeds * len(prompts),
                                                          steps, guidance, batch_size)))
     layout = grid_layout(len(prompts), len(seeds), len(blocks), blocks[0][1].shape[1])
-    cell, header, font = layout["cell"], layout["header"], ImageFont.load_default()
+    cell, header, font = layout["cell"], layout["header"], image_grids.FONT
     canvas = Image.new("RGB", layout["size"], "white")
     draw = ImageDraw.Draw(canvas)
     for b, (name, images) in enumerate(blocks):
@@ -251,26 +241,12 @@ def review_grid(checkpoint, prompts: list[str], seeds=(0, 1, 2, 3), scheduler: s
         for s, seed in enumerate(seeds):
             draw.text((x0 + s * (cell + GUTTER), 16), f"seed {seed}", fill="gray", font=font)
             for p in range(len(prompts)):
-                tile = Image.fromarray(images[p * len(seeds) + s]).resize((cell, cell), Image.Resampling.NEAREST)
-                canvas.paste(tile, (x0 + s * (cell + GUTTER), header + p * (cell + GUTTER)))
+                canvas.paste(image_grids.tile(images[p * len(seeds) + s], cell), (x0 + s * (cell + GUTTER), header + p * (cell + GUTTER)))
     draw.text((4, 2), f"{scheduler}, {steps} steps", fill="black", font=font)
     draw.text((4, 16), f"guidance {guidance}", fill="black", font=font)
     for p, prompt in enumerate(prompts):
-        for k, line in enumerate(_wrap(prompt, LABEL_WIDTH - 8, font)[: cell // 12]):
+        for k, line in enumerate(image_grids.wrap(prompt, LABEL_WIDTH - 8, cell // 12)):
             draw.text((4, header + p * (cell + GUTTER) + 2 + 12 * k), line, fill="black", font=font)
-    return canvas
-
-
-def side_by_side(current: Image.Image, previous: Image.Image | None, labels=("this milestone", "previous milestone")) -> Image.Image:
-    """Two grids next to each other under their labels; without a previous grid, the current one, labelled."""
-    panels = [(current, labels[0])] + ([(previous, labels[1])] if previous is not None else [])
-    width = sum(p.width for p, _ in panels) + BLOCK_GAP * (len(panels) - 1)
-    canvas = Image.new("RGB", (width, 16 + max(p.height for p, _ in panels)), "white")
-    draw, x = ImageDraw.Draw(canvas), 0
-    for panel, label in panels:
-        draw.text((x + 2, 2), label, fill="black", font=ImageFont.load_default())
-        canvas.paste(panel, (x, 16))
-        x += panel.width + BLOCK_GAP
     return canvas
 
 

@@ -11,15 +11,15 @@ import math
 import re
 import sys
 import tempfile
-import textwrap
 import time
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm.auto import tqdm
 
 import t2ilab
+from t2ilab import image_grids
 from t2ilab.config import SEED_MAX, run_sampling
 from t2ilab.files import write_atomically
 from t2ilab.paths import caller_path
@@ -29,7 +29,6 @@ from t2ilab.training.checkpoint import CheckpointError, resolve_checkpoint
 MAX_PROMPT_CHARS = 100_000  # longer prompts are refused (the text encoder reads only its first tokens anyway)
 MAX_PROMPTS_FILE = 10_000_000  # bytes
 GRID_CELL = 128  # grid images are upscaled (NEAREST) to about this many pixels
-GRID_GAP = 6  # white pixels between cells
 
 
 class UsageError(ValueError):
@@ -261,27 +260,10 @@ def _short(prompt: str, limit: int = 40) -> str:
 
 
 def make_grid(items: list[tuple[Image.Image, str, int]], columns: int) -> Image.Image:
-    """Images upscaled NEAREST in rows of `columns`, each with its prompt and seed underneath."""
-    columns = max(1, min(columns, len(items)))
-    rows = -(-len(items) // columns)
-    side = items[0][0].width
-    scale = max(1, GRID_CELL // side)
-    cell = side * scale
-    font = ImageFont.load_default()
-    line_height, chars = 12, max(8, cell // 6)
-    label_height = 3 * line_height + 4
-    pitch_x, pitch_y = cell + GRID_GAP, cell + label_height
-    grid = Image.new("RGB", (columns * pitch_x - GRID_GAP, rows * pitch_y), "white")
-    draw = ImageDraw.Draw(grid)
-    for n, (image, prompt, seed) in enumerate(items):
-        x, y = (n % columns) * pitch_x, (n // columns) * pitch_y
-        grid.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
-        lines = textwrap.wrap(prompt or '"" (unconditional)', chars)[:2] or [""]
-        if len(textwrap.wrap(prompt, chars)) > 2:
-            lines[1] = lines[1][: chars - 3] + "..."
-        for j, line in enumerate(lines + [f"seed {seed}"]):
-            draw.text((x + 2, y + cell + 2 + j * line_height), line, fill="black", font=font)
-    return grid
+    """Images upscaled NEAREST in rows of `columns`, each with its prompt (two lines at most) and seed underneath."""
+    cell = items[0][0].width * max(1, GRID_CELL // items[0][0].width)
+    captions = [image_grids.wrap(prompt or '"" (unconditional)', cell - 2, 2) + [f"seed {seed}"] for _, prompt, seed in items]
+    return image_grids.captioned_grid([image for image, _, _ in items], captions, columns, cell)
 
 
 if __name__ == "__main__":
