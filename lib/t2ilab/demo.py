@@ -29,6 +29,8 @@ def _say(text: str) -> None:
 
 def run_demo(config_path: str, overrides: list[str], reports: bool = True, fresh: bool = False) -> dict:
     """Run the whole story; returns the paths and numbers it printed."""
+    # Long on purpose (~65 lines): the demo's story (preview, train to 118/200, resume, reports, summary) reads
+    # top to bottom here as the README tells it; each step is one call into the library.
     from t2ilab.reporting.reports import run_reports
     from t2ilab.training.train import train
 

@@ -81,13 +81,9 @@ def list_files(path: str, exclude: Path | None = None) -> Listing:
     return listing
 
 
-def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) -> FolderData:
-    """Decode up to `num_samples` captioned images (sorted file order) to uint8 squares of `resolution`."""
-    root = Path(path).expanduser()
-    files = [rel for rel, _, _ in listing]
-    if not files:
-        raise DataError(f"data.path={path!r} is an empty folder; put your images there ({CAPTION_HELP})")
-    skipped: dict[str, list[str]] = {}
+def _captioned_candidates(root: Path, files: list[str], path: str,
+                          skipped: dict[str, list[str]]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """(regular files, image files, (image, caption) pairs) of a listing; what is not data goes into `skipped`."""
     # Opening a FIFO or a device blocks or never ends: only regular files are read, whatever their name.
     irregular = [rel for rel in files if not (root / rel).is_file()]
     if irregular:
@@ -118,6 +114,17 @@ def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) 
             skipped.setdefault(reason, []).append(rel)
         else:
             candidates.append((rel, caption))
+    return files, images, candidates
+
+
+def load_folder(path: str, listing: Listing, resolution: int, num_samples: int) -> FolderData:
+    """Decode up to `num_samples` captioned images (sorted file order) to uint8 squares of `resolution`."""
+    root = Path(path).expanduser()
+    files = [rel for rel, _, _ in listing]
+    if not files:
+        raise DataError(f"data.path={path!r} is an empty folder; put your images there ({CAPTION_HELP})")
+    skipped: dict[str, list[str]] = {}
+    files, images, candidates = _captioned_candidates(root, files, path, skipped)
 
     out = np.empty((min(len(candidates), num_samples), resolution, resolution, 3), dtype=np.uint8)
     captions: list[str] = []
