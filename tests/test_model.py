@@ -1,4 +1,5 @@
-"""The optional pooled caption embedding: it reaches the UNet, and a run trained with it samples and resumes."""
+"""Model options: the pooled caption embedding reaches the UNet, and runs trained with it (or with a text side of
+word embeddings only) sample and resume."""
 
 from __future__ import annotations
 
@@ -35,3 +36,16 @@ def test_a_pooled_run_samples_and_resumes(tiny_config):
     assert images.shape == (2, 16, 16, 3)
     resumed = train(cfg, resume="latest", progress="none")
     assert resumed.global_step > first.global_step
+
+
+def test_a_word_embedding_text_side_trains_samples_and_resumes(tiny_config):
+    """model.text_layers=0: the scratch encoder is learned word + position embeddings with no transformer layer."""
+    cfg = tiny_config("model.text_layers=0")
+    first = train(cfg, progress="none", stop_at_epoch=1)
+    pipe = load_pipeline(first.last_checkpoint)
+    assert pipe.text_encoder.config.num_hidden_layers == 0 and len(pipe.text_encoder.encoder.layers) == 0
+    embedded = pipe.text_encoder(**pipe.tokenizer(["a red circle", "a blue square"], return_tensors="pt")).last_hidden_state
+    assert (embedded[0] - embedded[1]).abs().max() > 1e-3  # the caption still reaches the UNet
+    images = pipe(["a red circle"], seed=0, num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 16, 16, 3)
+    assert train(cfg, resume="latest", progress="none").global_step > first.global_step

