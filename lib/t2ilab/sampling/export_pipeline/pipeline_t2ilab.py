@@ -13,7 +13,7 @@ import unicodedata
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput, UNet2DConditionModel
 from PIL import Image
 
 
@@ -77,16 +77,25 @@ class T2ILabPipeline(DiffusionPipeline):
             # One batched forward pass: [uncond; cond]. "" is what caption dropout trained as "no caption".
             encoder_hidden_states = torch.cat([self._encode(negatives), encoder_hidden_states])
 
-        channels, size = self.unet.config.in_channels, self.unet.config.sample_size
+        channels, size = self.unet.config.out_channels, self.unet.config.sample_size
+        # A CoordConv UNet (model.coord_channels) reads 2 input channels more than it writes: x and y in [-1, 1].
+        coords = self.unet.config.in_channels == channels + 2
         noise = torch.cat([torch.randn((1, channels, size, size), generator=g, device=g.device) for g in generators])
-        self.scheduler.set_timesteps(steps, device=device)
-        noisy_images = noise.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        flow = isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler)
+        if flow:  # rectified flow (noise.objective: flow_matching): an even grid of t from 1 down to 0, timesteps t * 1000
+            self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1].tolist(), device=device)
+        else:
+            self.scheduler.set_timesteps(steps, device=device)
+        noisy_images = noise.to(device=device, dtype=self.unet.dtype) * getattr(self.scheduler, "init_noise_sigma", 1.0)
         # Stochastic samplers (ddpm, euler_ancestral) draw fresh noise each step: from each image's own generator.
         step_kwargs = {"generator": generators} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
 
         for timesteps in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([noisy_images] * 2) if do_guidance else noisy_images
-            model_input = self.scheduler.scale_model_input(model_input, timesteps)
+            if not flow:
+                model_input = self.scheduler.scale_model_input(model_input, timesteps)
+            if coords:
+                model_input = with_coord_channels(model_input)
             model_pred = self.unet(model_input, timesteps, encoder_hidden_states=encoder_hidden_states).sample
             if do_guidance:
                 pred_uncond, pred_cond = model_pred.chunk(2)
@@ -105,6 +114,14 @@ class T2ILabPipeline(DiffusionPipeline):
         device = self.unet.device
         out = self.text_encoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         return out.last_hidden_state
+
+
+def with_coord_channels(x: torch.Tensor) -> torch.Tensor:
+    """`x` with two channels appended: column and row position in [-1, 1] (CoordConv), as t2ilab trains them."""
+    n, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+    return torch.cat([x, xs, ys], dim=1)
 
 
 def clean_prompt(prompt: str) -> str:
