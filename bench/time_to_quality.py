@@ -1,21 +1,23 @@
 """Time to quality: training wall-clock and steps until the judge's overall score reaches a target, t2ilab's
 recipe vs a plain one on the same model, data, batch size, step budget and seed; or (--levers) recipe levers
-against the demo recipe at fixed optimiser-step marks.
+against a baseline recipe at fixed optimiser-step marks.
 
     .venv/bin/python bench/time_to_quality.py                 # demo.yaml, both recipes, ~16 min on 2 CPU cores
     .venv/bin/python bench/time_to_quality.py --quick         # t2ilab 4 epochs, plain as long; smoke-test size
     .venv/bin/python bench/time_to_quality.py --levers --epochs 8 --every 4 --judge 50 --write-results
-                                                              # demo vs flow matching vs CoordConv vs both
+                                                              # baseline vs each lever arm
 
-Levers (--levers; lever_study.py): every arm is demo.yaml plus its overrides, trained from scratch for the same
+Levers (--levers; lever_study.py): every arm is demo.yaml set to the baseline recipe (v-prediction + Min-SNR-5,
+scratch text encoder: demo.yaml before the study) plus its levers, trained from scratch for the same
 --epochs (so the same steps and the same cosine schedule), judged at every --every epochs on the same prompts and
-seeds; the table gives strict overall and each skill with Wilson 95 % CIs, Newcombe's verdict against the demo arm
+seeds; the table gives strict overall and each skill with Wilson 95 % CIs, Newcombe's verdict against the baseline arm
 at the same step, and seconds per step (wall clock: on a shared CPU it is the noisiest column).
 
 Recipes (everything else is the config's):
-  t2ilab  the config as written: v-prediction, Min-SNR-5 weighting, EMA (sampled from), cosine LR with warm-up
-  plain   what diffusers' train_text_to_image.py does by default: epsilon prediction, plain MSE, no EMA,
-          constant LR, no warm-up
+  t2ilab  the config as written (demo.yaml: flow matching with logit-normal t, EMA (sampled from), cosine LR with
+          warm-up)
+  plain   what diffusers' train_text_to_image.py does by default: DDPM epsilon prediction, plain MSE, no EMA,
+          constant LR, no warm-up (sampled with DPM-Solver++); the model (UNet, CoordConv, text encoder) is the same
 Both keep the config's caption dropout, because both are sampled with classifier-free guidance.
 
 t2ilab's recipe trains first, for --epochs, with a checkpoint every --every epochs. The plain recipe then gets
@@ -42,7 +44,7 @@ from t2ilab.review.quality import score_checkpoint
 from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.training.train import train
 
-PLAIN = ["noise.prediction_type=epsilon", "training.snr_gamma=null", "training.use_ema=false",
+PLAIN = ["noise.objective=diffusion", "sampling.scheduler=dpmsolver++", "noise.prediction_type=epsilon", "training.snr_gamma=null", "training.use_ema=false",
          "training.lr_scheduler=constant", "training.lr_warmup_steps=0"]
 RECIPES = {"t2ilab": [], "plain": PLAIN}
 
@@ -111,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-load", type=float, default=1.5)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for both recipes")
-    p.add_argument("--levers", action="store_true", help="the lever study (demo vs flow matching vs CoordConv vs both)")
+    p.add_argument("--levers", action="store_true", help="the lever study (baseline vs flow matching, CoordConv, MiniLM, data size, ...)")
     p.add_argument("--arms", default=None, help="--levers: comma-separated arms to run (default all: "
-                                                "demo,flow_matching,coord_channels,flow+coords,minilm,"
+                                                "baseline,flow_matching,coord_channels,flow+coords,minilm,"
                                                 "flow+coords+minilm,word_embeddings)")
     p.add_argument("--write-results", action="store_true", help="--levers: put the table into bench/RESULTS.md")
     args = p.parse_args(argv)
