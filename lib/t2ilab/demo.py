@@ -13,6 +13,7 @@ from pathlib import Path
 
 from t2ilab.config import ConfigError, load_config
 from t2ilab.datasets.data import load_dataset, preview_grid
+from t2ilab.files import read_json
 from t2ilab.review.diagnose import diagnose_run, format_duration
 from t2ilab.training.checkpoint import CheckpointError, list_checkpoints
 
@@ -88,11 +89,28 @@ def run_demo(config_path: str, overrides: list[str], reports: bool = True, fresh
         _say("5/5 reports for the remaining milestones and the index")
         results = run_reports(out, milestones="all", params=DEMO_REPORT_PARAMS)
         index = Path(results[0].index_html) if results and getattr(results[0], "index_html", None) else None
+        final = final_scores(results)
+        if final:
+            print(final)
     seconds = time.perf_counter() - started
     _say(f"done in {format_duration(seconds)}")
     if index is not None:
         print(f"open the quality report index: {index}")
     return {"output_dir": str(out), "seconds": seconds, "diagnosis": diagnosis, "index": str(index) if index else None}
+
+
+def final_scores(results) -> str | None:
+    """The last milestone's skills and strict overall with their 95 % intervals, read from its review's sidecar."""
+    reviews = sorted((r for r in results if r.notebook == "quality_review" and r.status in ("ok", "skipped")),
+                     key=lambda r: r.epoch)
+    record = read_json(reviews[-1].sidecar_path) if reviews else None
+    review = (record or {}).get("metrics") or {}
+    if review.get("overall") is None:
+        return None
+    low, high = review["overall_ci"]
+    skills = "; ".join(f"{s['skill']} {s['accuracy']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" for s in review.get("skills") or [])
+    return (f"final milestone (epoch {review.get('epoch')}, N = {review.get('n_per_category')} per category): "
+            f"strict overall {review['overall']:.3f} [{low:.3f}, {high:.3f}]\nskills: {skills}")
 
 
 def main(argv: list[str]) -> int:
