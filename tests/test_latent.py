@@ -127,9 +127,13 @@ def test_sampling_decodes_rgb_images_at_the_data_resolution(straight):
     images = pipe(["a red circle", "two yellow squares"], num_inference_steps=3, seed=5, output_type="pt").images
     assert images.shape == (2, 3, 32, 32) and pipe.resolution == 32
     assert 0 <= images.min() and images.max() <= 1 and images.std() > 0
-    again = pipe(["a red circle"], num_inference_steps=3, seed=5, output_type="np").images
-    assert again.shape == (1, 32, 32, 3)
+    again = pipe(["a red circle", "two yellow squares"], num_inference_steps=3, seed=5, output_type="np").images
+    assert again.shape == (2, 32, 32, 3)
     assert np.array_equal(again[0], (images[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+    # Alone, the same prompt and seed give the same image up to CPU kernels: a batch of 1 may take other oneDNN
+    # paths than a batch of 2 (seen without AVX-512), so one 8-bit level of rounding is allowed, not more.
+    alone = pipe(["a red circle"], num_inference_steps=3, seed=5, output_type="np").images
+    assert np.abs(alone[0].astype(int) - again[0].astype(int)).max() <= 1
 
 
 def test_another_vae_is_refused_for_resume_and_sampling(straight, latent_config, vaes, tmp_path):
